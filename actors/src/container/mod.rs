@@ -1,0 +1,1 @@
+//! System containers: launching an init into namespaces, and supervising it.

@@ -1,0 +1,2 @@
+//! Wire objects and the checked definitions built from them.
+pub mod wire;

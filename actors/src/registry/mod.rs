@@ -1,0 +1,2 @@
+//! Ids, names, reference counts and garbage collection.
+pub mod graph;

@@ -1,0 +1,1 @@
+//! Kernel-facing code: small, safe wrappers over the syscalls the engine needs.
