@@ -1,7 +1,15 @@
 //! The ImageAPI engine: a registry actor and one actor per attachment, mount and container, each
 //! owning its kernel resource. The HTTP layer lives in the service crate and only talks to [`Engine`].
 
+pub mod attach;
 pub mod container;
+mod engine;
+pub mod error;
 pub mod model;
+pub mod mount;
 pub mod registry;
+pub mod resource;
 pub mod sys;
+
+pub use engine::{Engine, EngineConfig};
+pub use error::{Error, Origin};

@@ -1,2 +1,5 @@
 //! Ids, names, reference counts and garbage collection.
+pub mod actor;
+pub(crate) mod build;
 pub mod graph;
+pub mod record;

@@ -1,0 +1,132 @@
+//! Attachment drivers: give a block device for a local node or a loopback file.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::OFlags;
+use tracing::debug;
+
+use crate::error::{Error, Origin};
+use crate::registry::graph::ObjectKind;
+use crate::resource::{KernelResource, ResourceActor};
+use crate::sys::beneath::{open_beneath, BeneathError};
+use crate::sys::blockdev::{check_block_device, BlockDeviceError};
+use crate::sys::loopdev::LoopDevice;
+use crate::sys::{errno_of_io, SysError};
+
+const LOCAL: Origin = Origin::new(ObjectKind::Attach, "local");
+const LOOPBACK: Origin = Origin::new(ObjectKind::Attach, "loopback");
+
+/// The actor of one attachment.
+pub type AttachActor = ResourceActor<AttachedDevice>;
+
+/// The block device an attachment gives.
+pub enum AttachedDevice {
+    /// A device node that existed before; nothing to give back.
+    Local(PathBuf),
+    Loop(LoopDevice),
+}
+
+impl AttachedDevice {
+    pub fn device_file(&self) -> &Path {
+        match self {
+            AttachedDevice::Local(path) => path,
+            AttachedDevice::Loop(device) => device.path(),
+        }
+    }
+}
+
+impl KernelResource for AttachedDevice {
+    fn release(self) -> Result<(), Error> {
+        match self {
+            AttachedDevice::Local(_) => Ok(()),
+            AttachedDevice::Loop(device) => {
+                debug!(device = %device.path().display(), "detaching loop device");
+                device.detach().map_err(Error::kernel(LOOPBACK))
+            }
+        }
+    }
+}
+
+/// Checks that `path` is a block device node and gives it as the attachment.
+pub fn attach_local(path: &str) -> Result<AttachedDevice, Error> {
+    check_block_device(Path::new(path)).map_err(|err| match err {
+        BlockDeviceError::Stat { path, errno } => Error::Kernel {
+            origin: LOCAL,
+            source: SysError {
+                op: format!("stat {}", path.display()),
+                errno,
+            },
+        },
+        refused => Error::rejected(LOCAL, refused.to_string()),
+    })?;
+    Ok(AttachedDevice::Local(PathBuf::from(path)))
+}
+
+/// Binds a regular file to a fresh loop device. `base` is the mountpoint the path is relative
+/// to, or `None` for the host's `/`. The file is opened read-write where it can be, else the
+/// device is read-only (an image on a read-only filesystem still attaches).
+pub fn attach_loopback(
+    base: Option<&Path>,
+    path: &str,
+    read_partitions: bool,
+) -> Result<AttachedDevice, Error> {
+    let (file, read_only) = open_image(base, path)?;
+    let metadata = file
+        .metadata()
+        .map_err(|err| Error::rejected(LOOPBACK, format!("{path}: {err}")))?;
+    if !metadata.file_type().is_file() {
+        let found = if metadata.is_dir() {
+            "a directory"
+        } else if metadata.file_type().is_block_device() {
+            "a block device (use kind local)"
+        } else {
+            "not a regular file"
+        };
+        return Err(Error::rejected(LOOPBACK, format!("{path} is {found}")));
+    }
+    let device =
+        LoopDevice::attach(&file, read_only, read_partitions).map_err(Error::kernel(LOOPBACK))?;
+    Ok(AttachedDevice::Loop(device))
+}
+
+fn open_image(base: Option<&Path>, path: &str) -> Result<(File, bool), Error> {
+    let open = |write: bool| -> Result<File, (nix::errno::Errno, Error)> {
+        match base {
+            None => {
+                let host_path = Path::new("/").join(path);
+                OpenOptions::new()
+                    .read(true)
+                    .write(write)
+                    .open(&host_path)
+                    .map_err(|err| {
+                        (
+                            errno_of_io(&err),
+                            Error::rejected(LOOPBACK, format!("{}: {err}", host_path.display())),
+                        )
+                    })
+            }
+            Some(base) => {
+                let flags = if write { OFlags::RDWR } else { OFlags::RDONLY };
+                open_beneath(base, path, flags)
+                    .map(File::from)
+                    .map_err(|err| {
+                        let errno = match &err {
+                            BeneathError::Open { errno, .. } => *errno,
+                            BeneathError::Escapes { .. } => nix::errno::Errno::EXDEV,
+                        };
+                        (errno, Error::rejected(LOOPBACK, err.to_string()))
+                    })
+            }
+        }
+    };
+    match open(true) {
+        Ok(file) => Ok((file, false)),
+        Err((
+            nix::errno::Errno::EROFS | nix::errno::Errno::EACCES | nix::errno::Errno::EPERM,
+            _,
+        )) => open(false).map(|file| (file, true)).map_err(|(_, err)| err),
+        Err((_, err)) => Err(err),
+    }
+}

@@ -1,0 +1,188 @@
+//! The engine's front door: what the HTTP layer (or any other front end) calls.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use crate::error::Error;
+use crate::model::spec;
+use crate::model::wire::{Attach, AttachKind, Id, Mount, MountKind};
+use crate::registry::actor::{Abort, Begin, Commit, Delete, List, Registry, Selector, Shutdown};
+use crate::registry::build::{Built, Transaction};
+use crate::registry::graph::ObjectKind;
+use crate::registry::record::Record;
+
+/// Where the engine keeps what it makes on the host.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Parent of every mountpoint (and overlay upper/work dirs) the service makes.
+    pub mount_dir: PathBuf,
+    /// Where container console logs go.
+    pub log_dir: PathBuf,
+}
+
+/// A handle on the running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    registry: Addr<Registry>,
+    config: Arc<EngineConfig>,
+}
+
+fn mailbox_gone(_: MailboxError) -> Error {
+    Error::ShuttingDown
+}
+
+impl Engine {
+    /// Makes the service's directories and starts the registry on an arbiter of its own.
+    /// Must be called inside an actix system.
+    pub fn start(config: EngineConfig) -> std::io::Result<Engine> {
+        std::fs::create_dir_all(&config.mount_dir)?;
+        std::fs::create_dir_all(&config.log_dir)?;
+        let registry = Registry::start_in_arbiter(&Arbiter::new().handle(), |_| Registry::new());
+        info!(mount_dir = %config.mount_dir.display(), log_dir = %config.log_dir.display(), "engine started");
+        Ok(Engine {
+            registry,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Runs a create in a task of its own, so that a client that goes away mid-request cannot
+    /// cut it short and leave half-made objects behind.
+    async fn create<F>(&self, build: F) -> Result<Record, Error>
+    where
+        F: for<'t> FnOnce(&'t Transaction) -> futures::future::BoxFuture<'t, Result<Built, Error>>
+            + Send
+            + 'static,
+    {
+        let registry = self.registry.clone();
+        let config = self.config.clone();
+        let task = actix_rt::spawn(async move {
+            let txn = registry.send(Begin).await.map_err(mailbox_gone)??;
+            let transaction = Transaction {
+                registry: registry.clone(),
+                txn,
+                config,
+            };
+            let built = build(&transaction).await;
+            match built {
+                Ok(top) => registry
+                    .send(Commit { txn, top: top.id })
+                    .await
+                    .map_err(mailbox_gone)?
+                    .ok_or(Error::ShuttingDown),
+                Err(err) => {
+                    warn!(error = %err, "create failed: rolling back");
+                    let _ = registry.send(Abort(txn)).await;
+                    Err(err)
+                }
+            }
+        });
+        task.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    pub async fn create_attach(&self, attach: Attach) -> Result<Attach, Error> {
+        let def = spec::attach_def("", &attach)?;
+        match self
+            .create(move |t| t.attach(spec::Child::New(Box::new(def))))
+            .await?
+        {
+            Record::Attach(attach) => Ok(attach),
+            _ => unreachable!("an attach create answers an attach"),
+        }
+    }
+
+    pub async fn create_mount(&self, mount: Mount) -> Result<Mount, Error> {
+        let def = spec::mount_def("", &mount)?;
+        match self
+            .create(move |t| t.mount(spec::Child::New(Box::new(def))))
+            .await?
+        {
+            Record::Mount(mount) => Ok(mount),
+            _ => unreachable!("a mount create answers a mount"),
+        }
+    }
+
+    async fn list(
+        &self,
+        kind: ObjectKind,
+        selector: Option<Selector>,
+    ) -> Result<Vec<Record>, Error> {
+        self.registry
+            .send(List { kind, selector })
+            .await
+            .map_err(mailbox_gone)?
+    }
+
+    pub async fn list_attach(
+        &self,
+        id: Option<Id>,
+        kind: Option<AttachKind>,
+    ) -> Result<Vec<Attach>, Error> {
+        let records = self.list(ObjectKind::Attach, id.map(Selector::Id)).await?;
+        Ok(records
+            .into_iter()
+            .filter_map(|record| match record {
+                Record::Attach(attach) if kind.is_none() || attach.kind == kind => Some(attach),
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub async fn list_mount(
+        &self,
+        id: Option<Id>,
+        kind: Option<MountKind>,
+    ) -> Result<Vec<Mount>, Error> {
+        let records = self.list(ObjectKind::Mount, id.map(Selector::Id)).await?;
+        Ok(records
+            .into_iter()
+            .filter_map(|record| match record {
+                Record::Mount(mount) if kind.is_none() || mount.kind == kind => Some(mount),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn delete(
+        &self,
+        kind: ObjectKind,
+        selector: Selector,
+        force: bool,
+    ) -> Result<Record, Error> {
+        self.registry
+            .send(Delete {
+                kind,
+                selector,
+                force,
+            })
+            .await
+            .map_err(mailbox_gone)?
+    }
+
+    pub async fn delete_attach(&self, id: Id, force: bool) -> Result<Attach, Error> {
+        match self
+            .delete(ObjectKind::Attach, Selector::Id(id), force)
+            .await?
+        {
+            Record::Attach(attach) => Ok(attach),
+            _ => unreachable!("the registry checks the kind"),
+        }
+    }
+
+    pub async fn delete_mount(&self, id: Id, force: bool) -> Result<Mount, Error> {
+        match self
+            .delete(ObjectKind::Mount, Selector::Id(id), force)
+            .await?
+        {
+            Record::Mount(mount) => Ok(mount),
+            _ => unreachable!("the registry checks the kind"),
+        }
+    }
+
+    /// Releases every object, users first, and refuses new creates.
+    pub async fn shutdown(&self) {
+        let _ = self.registry.send(Shutdown).await;
+    }
+}

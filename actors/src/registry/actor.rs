@@ -1,0 +1,332 @@
+//! The registry actor: the one owner of the object graph and of every object actor's address.
+//!
+//! Bookkeeping happens inside its message handlers, so each step is atomic. Kernel work never
+//! runs here: creates run as separate tasks (see [`super::build`]) that call back with messages,
+//! and releases run on one queue, in the order the graph gives, so that a user is always
+//! released before what it uses.
+
+use std::collections::HashMap;
+
+use actix::prelude::*;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::graph::{Graph, GraphError, ObjectKind, Removed, TxnId};
+use super::record::{self, Record};
+use crate::error::Error;
+use crate::model::wire::Id;
+use crate::resource::ObjectAddr;
+
+/// A batch of objects to release in order; `done` fires once all of them are.
+struct ReleaseJob {
+    objects: Vec<(Removed<Record>, Option<ObjectAddr>)>,
+    done: oneshot::Sender<()>,
+}
+
+pub struct Registry {
+    graph: Graph<Record>,
+    actors: HashMap<Id, ObjectAddr>,
+    releases: mpsc::UnboundedSender<ReleaseJob>,
+    release_queue: Option<mpsc::UnboundedReceiver<ReleaseJob>>,
+    shutting_down: bool,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        let (releases, release_queue) = mpsc::unbounded_channel();
+        Registry {
+            graph: Graph::new(),
+            actors: HashMap::new(),
+            releases,
+            release_queue: Some(release_queue),
+            shutting_down: false,
+        }
+    }
+
+    /// Queues the removed objects for release; the receiver fires when they are all released.
+    fn release(&mut self, removed: Vec<Removed<Record>>) -> oneshot::Receiver<()> {
+        let objects = removed
+            .into_iter()
+            .map(|object| {
+                let addr = self.actors.remove(&object.id);
+                (object, addr)
+            })
+            .collect();
+        let (done, finished) = oneshot::channel();
+        if self.releases.send(ReleaseJob { objects, done }).is_err() {
+            warn!("release queue is gone; resources stay in the kernel");
+        }
+        finished
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+        let Some(mut queue) = self.release_queue.take() else {
+            return;
+        };
+        actix_rt::spawn(async move {
+            while let Some(job) = queue.recv().await {
+                for (object, addr) in job.objects {
+                    let Some(addr) = addr else { continue };
+                    match addr.release().await {
+                        Ok(()) => info!(id = object.id, kind = object.kind.as_str(), "released"),
+                        Err(err) => {
+                            warn!(id = object.id, kind = object.kind.as_str(), error = %err, "release failed")
+                        }
+                    }
+                }
+                let _ = job.done.send(());
+            }
+        });
+    }
+}
+
+/// Starts a create transaction.
+#[derive(Message)]
+#[rtype(result = "Result<TxnId, Error>")]
+pub struct Begin;
+
+impl Handler<Begin> for Registry {
+    type Result = Result<TxnId, Error>;
+    fn handle(&mut self, _: Begin, _: &mut Self::Context) -> Self::Result {
+        if self.shutting_down {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(self.graph.begin())
+    }
+}
+
+/// A reference by id inside a create: holds the object for the transaction.
+#[derive(Message)]
+#[rtype(result = "Result<(Record, ObjectAddr), Error>")]
+pub struct Hold {
+    pub txn: TxnId,
+    pub id: Id,
+    pub kind: ObjectKind,
+}
+
+impl Handler<Hold> for Registry {
+    type Result = Result<(Record, ObjectAddr), Error>;
+    fn handle(&mut self, msg: Hold, _: &mut Self::Context) -> Self::Result {
+        let addr = self
+            .actors
+            .get(&msg.id)
+            .cloned()
+            .ok_or(GraphError::NotFound(msg.id))?;
+        self.graph.hold(msg.txn, msg.id, msg.kind)?;
+        let record = self
+            .graph
+            .get_any(msg.id)
+            .map(|node| node.record.clone())
+            .ok_or(GraphError::NotFound(msg.id))?;
+        Ok((record, addr))
+    }
+}
+
+/// Registers an object of a transaction right before its kernel step: gives it its id.
+#[derive(Message)]
+#[rtype(result = "Result<Id, Error>")]
+pub struct Reserve {
+    pub txn: TxnId,
+    pub name: Option<String>,
+    pub record: Record,
+    pub deps: Vec<Id>,
+}
+
+impl Handler<Reserve> for Registry {
+    type Result = Result<Id, Error>;
+    fn handle(&mut self, msg: Reserve, _: &mut Self::Context) -> Self::Result {
+        let kind = msg.record.kind();
+        Ok(self
+            .graph
+            .reserve(msg.txn, kind, msg.name, msg.record, &msg.deps)?)
+    }
+}
+
+/// The kernel step of a reserved object succeeded: its record with the kernel facts, and its actor.
+/// Refused when the object was removed meanwhile (forced delete of a dependency, shutdown): the
+/// caller then releases the actor itself.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct Ready {
+    pub id: Id,
+    pub record: Record,
+    pub addr: ObjectAddr,
+}
+
+impl Handler<Ready> for Registry {
+    type Result = Result<(), Error>;
+    fn handle(&mut self, msg: Ready, _: &mut Self::Context) -> Self::Result {
+        let Some(record) = self.graph.record_mut(msg.id) else {
+            return Err(if self.shutting_down {
+                Error::ShuttingDown
+            } else {
+                GraphError::DependencyGone(msg.id).into()
+            });
+        };
+        *record = msg.record;
+        self.actors.insert(msg.id, msg.addr);
+        Ok(())
+    }
+}
+
+/// Makes a transaction's objects visible; answers the top object's view.
+#[derive(Message)]
+#[rtype(result = "Option<Record>")]
+pub struct Commit {
+    pub txn: TxnId,
+    pub top: Id,
+}
+
+impl Handler<Commit> for Registry {
+    type Result = Option<Record>;
+    fn handle(&mut self, msg: Commit, _: &mut Self::Context) -> Self::Result {
+        self.graph.commit(msg.txn);
+        record::view(&self.graph, msg.top)
+    }
+}
+
+/// Undoes a failed create: releases everything it made, deepest last.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Abort(pub TxnId);
+
+impl Handler<Abort> for Registry {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: Abort, _: &mut Self::Context) -> Self::Result {
+        let removed = self.graph.abort(msg.0);
+        let finished = self.release(removed);
+        Box::pin(async move {
+            let _ = finished.await;
+        })
+    }
+}
+
+/// Which object a request names.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    Id(Id),
+    Name(String),
+}
+
+/// Lists the visible objects of one kind, or the one a selector names.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Record>, Error>")]
+pub struct List {
+    pub kind: ObjectKind,
+    pub selector: Option<Selector>,
+}
+
+impl Registry {
+    fn select(&self, kind: ObjectKind, selector: &Selector) -> Result<Id, Error> {
+        let node = match selector {
+            Selector::Id(id) => self.graph.get(*id).ok_or(GraphError::NotFound(*id))?,
+            Selector::Name(name) => self
+                .graph
+                .by_name(name)
+                .ok_or_else(|| Error::NameNotFound(name.clone()))?,
+        };
+        if node.kind != kind {
+            return Err(GraphError::WrongKind {
+                id: node.id,
+                expected: kind,
+                found: node.kind,
+            }
+            .into());
+        }
+        Ok(node.id)
+    }
+}
+
+impl Handler<List> for Registry {
+    type Result = Result<Vec<Record>, Error>;
+    fn handle(&mut self, msg: List, _: &mut Self::Context) -> Self::Result {
+        match &msg.selector {
+            Some(selector) => {
+                let id = self.select(msg.kind, selector)?;
+                Ok(record::view(&self.graph, id).into_iter().collect())
+            }
+            None => Ok(self
+                .graph
+                .iter()
+                .filter(|node| node.kind == msg.kind)
+                .filter_map(|node| record::view(&self.graph, node.id))
+                .collect()),
+        }
+    }
+}
+
+/// Deletes an object (and, when forced, its users); answers its last view once all is released.
+#[derive(Message)]
+#[rtype(result = "Result<Record, Error>")]
+pub struct Delete {
+    pub kind: ObjectKind,
+    pub selector: Selector,
+    pub force: bool,
+}
+
+impl Handler<Delete> for Registry {
+    type Result = ResponseFuture<Result<Record, Error>>;
+    fn handle(&mut self, msg: Delete, _: &mut Self::Context) -> Self::Result {
+        let deleted = self.select(msg.kind, &msg.selector).and_then(|id| {
+            let view = record::view(&self.graph, id).ok_or(GraphError::NotFound(id))?;
+            let removed = self.graph.delete(id, msg.force)?;
+            Ok((view, removed))
+        });
+        let (mut view, removed) = match deleted {
+            Ok(deleted) => deleted,
+            Err(err) => return Box::pin(async move { Err(err) }),
+        };
+        info!(
+            kind = msg.kind.as_str(),
+            objects = removed.len(),
+            force = msg.force,
+            "deleting"
+        );
+        set_refs(&mut view, 0);
+        let finished = self.release(removed);
+        Box::pin(async move {
+            let _ = finished.await;
+            Ok(view)
+        })
+    }
+}
+
+fn set_refs(record: &mut Record, refs: i64) {
+    match record {
+        Record::Attach(attach) => attach.refs = refs,
+        Record::Mount(mount) => mount.refs = refs,
+        Record::Container(container) => container.refs = refs,
+    }
+}
+
+/// Refuses new creates and releases every object, users before what they use.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for Registry {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
+        self.shutting_down = true;
+        let removed = self.graph.drain_all();
+        info!(
+            objects = removed.len(),
+            "shutting down: releasing every object"
+        );
+        let finished = self.release(removed);
+        Box::pin(async move {
+            let _ = finished.await;
+        })
+    }
+}

@@ -1,0 +1,339 @@
+//! Creates (possibly nested) objects, bottom-up, inside one registry transaction.
+//!
+//! Each object is reserved in the registry (which gives it its id) right before its kernel step,
+//! after its children exist, so ids come out bottom-up. Any failure aborts the transaction, which
+//! releases everything the request made and shows none of it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::Addr;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tracing::{debug, info};
+
+use super::actor::{Hold, Ready, Registry, Reserve};
+use super::graph::{ObjectKind, TxnId};
+use super::record::{attach_stub, mount_stub, Record};
+use crate::attach::{self, AttachActor, AttachedDevice};
+use crate::error::{Error, Origin};
+use crate::model::spec::{AttachDef, BaseDef, Child, MountDef};
+use crate::model::wire::{
+    Attach, AttachKind, AttachLocal, AttachLoopback, Base, Id, Mount, MountAttach, MountBind,
+    MountKind, MountOverlay,
+};
+use crate::mount::{self, MountActor, MountedFs};
+use crate::resource::ObjectAddr;
+use crate::EngineConfig;
+
+/// An object that exists for the transaction: made by it, or referenced by id.
+pub(crate) struct Built {
+    pub id: Id,
+    pub record: Record,
+    pub addr: ObjectAddr,
+}
+
+/// One create request in progress.
+pub(crate) struct Transaction {
+    pub registry: Addr<Registry>,
+    pub txn: TxnId,
+    pub config: Arc<EngineConfig>,
+}
+
+fn mailbox_gone(_: actix::MailboxError) -> Error {
+    Error::ShuttingDown
+}
+
+impl Transaction {
+    async fn hold(&self, id: Id, kind: ObjectKind) -> Result<Built, Error> {
+        let (record, addr) = self
+            .registry
+            .send(Hold {
+                txn: self.txn,
+                id,
+                kind,
+            })
+            .await
+            .map_err(mailbox_gone)??;
+        Ok(Built { id, record, addr })
+    }
+
+    async fn reserve(
+        &self,
+        name: Option<String>,
+        record: Record,
+        deps: &[&Built],
+    ) -> Result<Id, Error> {
+        self.registry
+            .send(Reserve {
+                txn: self.txn,
+                name,
+                record,
+                deps: deps.iter().map(|dep| dep.id).collect(),
+            })
+            .await
+            .map_err(mailbox_gone)?
+    }
+
+    /// Registers the finished object; if the registry no longer wants it, gives its resource back.
+    async fn ready(&self, id: Id, record: Record, addr: ObjectAddr) -> Result<Built, Error> {
+        let accepted = self
+            .registry
+            .send(Ready {
+                id,
+                record: record.clone(),
+                addr: addr.clone(),
+            })
+            .await
+            .map_err(mailbox_gone)
+            .and_then(|answer| answer);
+        if let Err(err) = accepted {
+            let _ = addr.release().await;
+            return Err(err);
+        }
+        Ok(Built { id, record, addr })
+    }
+
+    pub fn attach(&self, child: Child<AttachDef>) -> BoxFuture<'_, Result<Built, Error>> {
+        async move {
+            match child {
+                Child::Existing(id) => self.hold(id, ObjectKind::Attach).await,
+                Child::New(def) => self.new_attach(*def).await,
+            }
+        }
+        .boxed()
+    }
+
+    pub fn mount(&self, child: Child<MountDef>) -> BoxFuture<'_, Result<Built, Error>> {
+        async move {
+            match child {
+                Child::Existing(id) => self.hold(id, ObjectKind::Mount).await,
+                Child::New(def) => self.new_mount(*def).await,
+            }
+        }
+        .boxed()
+    }
+
+    async fn base(&self, base: BaseDef) -> Result<Option<Built>, Error> {
+        match base {
+            BaseDef::Root => Ok(None),
+            BaseDef::Mount(child) => self.mount(child).await.map(Some),
+        }
+    }
+
+    async fn new_attach(&self, def: AttachDef) -> Result<Built, Error> {
+        let kind = def.kind();
+        match def {
+            AttachDef::Local { path } => {
+                let mut record = Attach {
+                    kind: Some(AttachKind::Local),
+                    local: Some(AttachLocal { path: path.clone() }),
+                    ..Attach::default()
+                };
+                let id = self
+                    .reserve(None, Record::Attach(record.clone()), &[])
+                    .await?;
+                let device = blocking(move || attach::attach_local(&path)).await?;
+                record.device_file = Some(device.device_file().display().to_string());
+                self.start_attach(id, record, device, vec![]).await
+            }
+            AttachDef::Loopback {
+                path,
+                base,
+                read_partitions,
+            } => {
+                let base = self.base(base).await?;
+                let mut record = Attach {
+                    kind: Some(AttachKind::Loopback),
+                    loopback: Some(AttachLoopback {
+                        path: path.clone(),
+                        base: if base.is_some() {
+                            Base::Mount
+                        } else {
+                            Base::Root
+                        },
+                        mount: base.as_ref().map(|b| Box::new(mount_stub(b.id))),
+                        read_partitions,
+                    }),
+                    ..Attach::default()
+                };
+                let deps: Vec<&Built> = base.iter().collect();
+                let id = self
+                    .reserve(None, Record::Attach(record.clone()), &deps)
+                    .await?;
+                let base_dir = base.as_ref().map(mountpoint_of);
+                let device = blocking(move || {
+                    attach::attach_loopback(base_dir.as_deref(), &path, read_partitions)
+                })
+                .await?;
+                record.device_file = Some(device.device_file().display().to_string());
+                info!(id, device = ?record.device_file, "loop device attached");
+                self.start_attach(
+                    id,
+                    record,
+                    device,
+                    base.into_iter().map(|b| b.addr).collect(),
+                )
+                .await
+            }
+            AttachDef::Rbd(_) | AttachDef::Iscsi(_) => Err(Error::Unsupported {
+                origin: Origin::new(ObjectKind::Attach, kind.as_str()),
+                reason: format!(
+                    "{} attachments need kernel support this node does not have",
+                    kind.as_str()
+                ),
+            }),
+        }
+    }
+
+    async fn start_attach(
+        &self,
+        id: Id,
+        record: Attach,
+        device: AttachedDevice,
+        deps: Vec<ObjectAddr>,
+    ) -> Result<Built, Error> {
+        let addr = ObjectAddr::Attach(AttachActor::start(id, device, deps));
+        self.ready(id, Record::Attach(record), addr).await
+    }
+
+    async fn new_mount(&self, def: MountDef) -> Result<Built, Error> {
+        let kind = def.kind();
+        let mount_dir = self.config.mount_dir.clone();
+        match def {
+            MountDef::Attach {
+                attach,
+                fs_type,
+                options,
+            } => {
+                let device = self.attach(attach).await?;
+                let mut record = Mount {
+                    kind: Some(MountKind::Attach),
+                    attach: Some(MountAttach {
+                        attach: attach_stub(device.id),
+                        fs_type: fs_type.clone(),
+                        mount_options: options.clone(),
+                    }),
+                    ..Mount::default()
+                };
+                let id = self
+                    .reserve(None, Record::Mount(record.clone()), &[&device])
+                    .await?;
+                let device_file = PathBuf::from(device.record.device_file().unwrap_or_default());
+                let mounted = blocking(move || {
+                    mount::mount_attach(&mount_dir, &device_file, &fs_type, &options)
+                })
+                .await?;
+                self.start_mount(id, &mut record, mounted, vec![device.addr])
+                    .await
+            }
+            MountDef::Bind {
+                path,
+                base,
+                recursive,
+                read_only,
+            } => {
+                let base = self.base(base).await?;
+                let mut record = Mount {
+                    kind: Some(MountKind::Bind),
+                    bind: Some(MountBind {
+                        path: path.clone(),
+                        base: if base.is_some() {
+                            Base::Mount
+                        } else {
+                            Base::Root
+                        },
+                        mount: base.as_ref().map(|b| Box::new(mount_stub(b.id))),
+                        recursive,
+                        ro: read_only,
+                    }),
+                    ..Mount::default()
+                };
+                let deps: Vec<&Built> = base.iter().collect();
+                let id = self
+                    .reserve(None, Record::Mount(record.clone()), &deps)
+                    .await?;
+                let base_dir = base.as_ref().map(mountpoint_of);
+                let mounted = blocking(move || {
+                    mount::mount_bind(&mount_dir, base_dir.as_deref(), &path, recursive, read_only)
+                })
+                .await?;
+                self.start_mount(
+                    id,
+                    &mut record,
+                    mounted,
+                    base.into_iter().map(|b| b.addr).collect(),
+                )
+                .await
+            }
+            MountDef::Overlay { lowers } => {
+                let mut built = Vec::with_capacity(lowers.len());
+                for lower in lowers {
+                    built.push(self.mount(lower).await?);
+                }
+                let mut record = Mount {
+                    kind: Some(MountKind::Overlay),
+                    overlay: Some(MountOverlay {
+                        lower: built.iter().map(|b| mount_stub(b.id)).collect(),
+                        workdir: None,
+                        upperdir: None,
+                    }),
+                    ..Mount::default()
+                };
+                let deps: Vec<&Built> = built.iter().collect();
+                let id = self
+                    .reserve(None, Record::Mount(record.clone()), &deps)
+                    .await?;
+                let lower_dirs: Vec<PathBuf> = built.iter().map(mountpoint_of).collect();
+                let mounted =
+                    blocking(move || mount::mount_overlay(&mount_dir, &lower_dirs)).await?;
+                if let (Some(overlay), Some((upper, work))) =
+                    (record.overlay.as_mut(), mount::overlay_dirs(&mounted))
+                {
+                    overlay.upperdir = Some(upper.display().to_string());
+                    overlay.workdir = Some(work.display().to_string());
+                }
+                self.start_mount(
+                    id,
+                    &mut record,
+                    mounted,
+                    built.into_iter().map(|b| b.addr).collect(),
+                )
+                .await
+            }
+            MountDef::Nfs(_) | MountDef::Uri(_) => Err(Error::Unsupported {
+                origin: Origin::new(ObjectKind::Mount, kind.as_str()),
+                reason: match kind {
+                    MountKind::Nfs => "this node's kernel has no NFS client".to_string(),
+                    _ => "uri mounts have no driver yet".to_string(),
+                },
+            }),
+        }
+    }
+
+    async fn start_mount(
+        &self,
+        id: Id,
+        record: &mut Mount,
+        mounted: MountedFs,
+        deps: Vec<ObjectAddr>,
+    ) -> Result<Built, Error> {
+        record.mountpoint = Some(mounted.mountpoint().display().to_string());
+        debug!(id, mountpoint = ?record.mountpoint, "mounted");
+        let addr = ObjectAddr::Mount(MountActor::start(id, mounted, deps));
+        self.ready(id, Record::Mount(record.clone()), addr).await
+    }
+}
+
+fn mountpoint_of(built: &Built) -> PathBuf {
+    PathBuf::from(built.record.mountpoint().unwrap_or("/nonexistent"))
+}
+
+/// Runs a kernel step on the blocking pool, never on an event loop.
+pub(crate) async fn blocking<T: Send + 'static>(
+    step: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    actix_rt::task::spawn_blocking(step)
+        .await
+        .unwrap_or_else(|_| Err(Error::ShuttingDown))
+}

@@ -1,0 +1,117 @@
+//! Request bodies and queries, read strictly: each misfit gets its own status and a message that
+//! names the field, where actix's stock extractors would answer plain text.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// Reads a JSON body: 415 for another content type (none at all is taken as JSON), 413 past
+/// [`BODY_LIMIT`], 400 for malformed JSON, 422 when it does not fit `T`.
+pub async fn json_body<T: DeserializeOwned>(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<T, ApiError> {
+    if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+        let is_json = content_type
+            .to_str()
+            .ok()
+            .and_then(|value| value.split(';').next())
+            .map(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the body must be application/json",
+            ));
+        }
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|err| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {err}"))
+        })?;
+        if body.len() + chunk.len() > BODY_LIMIT {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {BODY_LIMIT} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {err}")))?;
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        ApiError::invalid_field(field, err.into_inner().to_string())
+    })
+}
+
+/// The query parameters of a request, read one typed parameter at a time so that each error
+/// names its parameter. Unknown parameters are ignored, as the reference does.
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn of(request: &HttpRequest) -> Result<Query, ApiError> {
+        serde_urlencoded::from_str(request.query_string())
+            .map(Query)
+            .map_err(|err| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed query string: {err}"),
+                )
+            })
+    }
+
+    fn raw(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn int(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.raw(name)
+            .map(|value| {
+                value.parse().map_err(|_| {
+                    ApiError::invalid_field(name, format!("{value:?} is not an integer"))
+                })
+            })
+            .transpose()
+    }
+
+    pub fn required_int(&self, name: &str) -> Result<i64, ApiError> {
+        self.int(name)?
+            .ok_or_else(|| ApiError::invalid_field(name, "required"))
+    }
+
+    pub fn bool(&self, name: &str) -> Result<bool, ApiError> {
+        match self.raw(name) {
+            None => Ok(false),
+            Some(value) => value.parse().map_err(|_| {
+                ApiError::invalid_field(name, format!("{value:?} is not true or false"))
+            }),
+        }
+    }
+
+    /// A parameter whose values are the serde names of `T`'s variants.
+    pub fn choice<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, ApiError> {
+        self.raw(name)
+            .map(|value| {
+                serde_json::from_value(serde_json::Value::String(value.to_string()))
+                    .map_err(|err| ApiError::invalid_field(name, err.to_string()))
+            })
+            .transpose()
+    }
+}

@@ -1,0 +1,84 @@
+//! The REST layer: translates HTTP requests into engine calls and engine answers into JSON.
+
+mod attach;
+mod container;
+pub mod error;
+mod extract;
+mod mount;
+mod spec;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+
+use error::ApiError;
+
+/// Where the contract's paths live.
+pub const BASE_PATH: &str = "/imageapi/v1";
+
+/// Every route of the service: method and path under [`BASE_PATH`] (the spec test checks this
+/// list against `swagger.yaml`).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/attach"),
+    ("POST", "/attach"),
+    ("DELETE", "/attach"),
+    ("GET", "/mount"),
+    ("POST", "/mount"),
+    ("DELETE", "/mount"),
+    ("GET", "/container"),
+    ("POST", "/container"),
+    ("DELETE", "/container"),
+    ("PATCH", "/container"),
+    ("GET", "/swagger.json"),
+    ("GET", "/swagger.yaml"),
+];
+
+/// Registers the API on an actix-web app; the engine is expected as app data.
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .service(
+            web::scope(BASE_PATH)
+                .service(
+                    web::resource("/attach")
+                        .get(attach::list)
+                        .post(attach::create)
+                        .delete(attach::delete)
+                        .default_service(web::to(|| not_allowed("GET, POST, DELETE"))),
+                )
+                .service(
+                    web::resource("/mount")
+                        .get(mount::list)
+                        .post(mount::create)
+                        .delete(mount::delete)
+                        .default_service(web::to(|| not_allowed("GET, POST, DELETE"))),
+                )
+                .service(
+                    web::resource("/container")
+                        .get(container::list)
+                        .post(container::create)
+                        .delete(container::delete)
+                        .patch(container::set_state)
+                        .default_service(web::to(|| not_allowed("GET, POST, DELETE, PATCH"))),
+                )
+                .service(
+                    web::resource("/swagger.json")
+                        .get(spec::json)
+                        .default_service(web::to(|| not_allowed("GET"))),
+                )
+                .service(
+                    web::resource("/swagger.yaml")
+                        .get(spec::yaml)
+                        .default_service(web::to(|| not_allowed("GET"))),
+                ),
+        )
+        // The reference served its document at the server root; its clients may look there.
+        .service(web::resource("/swagger.json").get(spec::json))
+        .default_service(web::to(not_found));
+}
+
+async fn not_allowed(allow: &'static str) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::method_not_allowed(allow))
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(StatusCode::NOT_FOUND, "no such path"))
+}

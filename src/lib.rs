@@ -1,0 +1,4 @@
+//! The ImageAPI service: the HTTP layer and command line over the engine in `actors`.
+
+pub mod api;
+pub mod cli;
