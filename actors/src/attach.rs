@@ -101,10 +101,9 @@ fn open_image(base: Option<&Path>, path: &str) -> Result<(File, bool), Error> {
                     .write(write)
                     .open(&host_path)
                     .map_err(|err| {
-                        (
-                            errno_of_io(&err),
-                            Error::rejected(LOOPBACK, format!("{}: {err}", host_path.display())),
-                        )
+                        let errno = errno_of_io(&err);
+                        let reason = format!("{}: {errno}", host_path.display());
+                        (errno, Error::rejected(LOOPBACK, reason))
                     })
             }
             Some(base) => {

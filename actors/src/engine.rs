@@ -27,6 +27,9 @@ pub struct EngineConfig {
 #[derive(Clone)]
 pub struct Engine {
     registry: Addr<Registry>,
+    /// The arbiter the registry and every object actor live on: creates run there too, so the
+    /// actors they start outlive the HTTP workers.
+    arbiter: ArbiterHandle,
     config: Arc<EngineConfig>,
 }
 
@@ -40,16 +43,18 @@ impl Engine {
     pub fn start(config: EngineConfig) -> std::io::Result<Engine> {
         std::fs::create_dir_all(&config.mount_dir)?;
         std::fs::create_dir_all(&config.log_dir)?;
-        let registry = Registry::start_in_arbiter(&Arbiter::new().handle(), |_| Registry::new());
+        let arbiter = Arbiter::new().handle();
+        let registry = Registry::start_in_arbiter(&arbiter, |_| Registry::new());
         info!(mount_dir = %config.mount_dir.display(), log_dir = %config.log_dir.display(), "engine started");
         Ok(Engine {
             registry,
+            arbiter,
             config: Arc::new(config),
         })
     }
 
-    /// Runs a create in a task of its own, so that a client that goes away mid-request cannot
-    /// cut it short and leave half-made objects behind.
+    /// Runs a create as a task on the engine's arbiter, so that a client that goes away
+    /// mid-request cannot cut it short and leave half-made objects behind.
     async fn create<F>(&self, build: F) -> Result<Record, Error>
     where
         F: for<'t> FnOnce(&'t Transaction) -> futures::future::BoxFuture<'t, Result<Built, Error>>
@@ -58,7 +63,8 @@ impl Engine {
     {
         let registry = self.registry.clone();
         let config = self.config.clone();
-        let task = actix_rt::spawn(async move {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let task = async move {
             let txn = registry.send(Begin).await.map_err(mailbox_gone)??;
             let transaction = Transaction {
                 registry: registry.clone(),
@@ -78,8 +84,14 @@ impl Engine {
                     Err(err)
                 }
             }
-        });
-        task.await.unwrap_or(Err(Error::ShuttingDown))
+        };
+        let task = async move {
+            let _ = answer.send(task.await);
+        };
+        if !self.arbiter.spawn(task) {
+            return Err(Error::ShuttingDown);
+        }
+        answered.await.unwrap_or(Err(Error::ShuttingDown))
     }
 
     pub async fn create_attach(&self, attach: Attach) -> Result<Attach, Error> {

@@ -83,10 +83,13 @@ impl Error {
         }
     }
 
-    /// The kernel's reason (errno text), when a syscall failed.
-    pub fn kernel_reason(&self) -> Option<String> {
+    /// Why the failing driver step failed: the kernel's errno text, or what the host refused.
+    pub fn reason(&self) -> Option<String> {
         match self {
             Error::Kernel { source, .. } => Some(source.errno.to_string()),
+            Error::Rejected { reason, .. } | Error::Unsupported { reason, .. } => {
+                Some(reason.clone())
+            }
             _ => None,
         }
     }

@@ -108,7 +108,7 @@ impl From<Error> for ApiError {
             answer.body.object = Some(origin.object.as_str());
             answer.body.stage = Some(origin.stage);
         }
-        answer.body.reason = error.kernel_reason();
+        answer.body.reason = error.reason();
         answer
     }
 }

@@ -48,12 +48,18 @@ pub async fn json_body<T: DeserializeOwned>(
         .map_err(|err| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {err}")))?;
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
-        let field = if path == "." {
-            "body".to_string()
-        } else {
-            path
+        let message = err.into_inner().to_string();
+        // serde reports a missing field at its parent; the client wants the field itself.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next());
+        let field = match (path.as_str(), missing) {
+            (".", Some(name)) => name.to_string(),
+            (".", None) => "body".to_string(),
+            (parent, Some(name)) => format!("{parent}.{name}"),
+            (parent, None) => parent.to_string(),
         };
-        ApiError::invalid_field(field, err.into_inner().to_string())
+        ApiError::invalid_field(field, message)
     })
 }
 

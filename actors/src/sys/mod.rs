@@ -1,1 +1,37 @@
 //! Kernel-facing code: small, safe wrappers over the syscalls the engine needs.
+
+pub mod beneath;
+pub mod blockdev;
+pub mod loopdev;
+pub mod mounts;
+
+use nix::errno::Errno;
+
+/// A syscall that failed: which operation (e.g. "LOOP_CONFIGURE /dev/loop3", "mount overlay on /x") and the errno.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {errno}")]
+pub struct SysError {
+    /// The operation and its object, as a person would write it.
+    pub op: String,
+    /// What the kernel answered.
+    #[source]
+    pub errno: Errno,
+}
+
+/// For `map_err`: tags an errno with the operation that produced it.
+pub(crate) fn sys_err(op: impl Into<String>) -> impl FnOnce(Errno) -> SysError {
+    move |errno| SysError {
+        op: op.into(),
+        errno,
+    }
+}
+
+/// rustix and std report the same kernel errno in their own types; the sys layer speaks nix's.
+pub(crate) fn errno_of_rustix(err: rustix::io::Errno) -> Errno {
+    Errno::from_raw(err.raw_os_error())
+}
+
+/// See [`errno_of_rustix`]; an io::Error that carries no errno cannot come from a syscall, so EIO is a fair stand-in.
+pub(crate) fn errno_of_io(err: &std::io::Error) -> Errno {
+    Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
+}

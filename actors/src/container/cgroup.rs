@@ -1,0 +1,395 @@
+//! The container's own cgroups, `imageapi/<id>` in each hierarchy it needs.
+//!
+//! - cgroup2, wherever it is mounted (`/sys/fs/cgroup/unified` on a hybrid host): holds the whole
+//!   container and freezes it through `cgroup.freeze` (kernel 5.2+).
+//! - the v1 freezer, only when cgroup2 cannot freeze (not mounted, or too old a kernel): v1 is
+//!   the fallback, not a second copy, since one freezer is enough.
+//! - the v1 `name=systemd` hierarchy, for systemd containers on a hybrid host: systemd in the
+//!   container needs a subtree of it that it may write to.
+//!
+//! Hierarchies are found through `/proc/self/mountinfo`, never assumed. The service writes the
+//! init's pid to `cgroup.procs` before the init goes on, so nothing of the container ever runs
+//! outside them; once the init has been reaped, [`Cgroup::remove`] deletes them, deepest first
+//! (systemd makes sub-cgroups).
+
+use std::fs::{self, File};
+use std::io::{self, ErrorKind};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long [`Cgroup::freeze`] waits for every task to stop before giving up and thawing.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The directory, below each hierarchy's root, that holds the containers' cgroups.
+const PARENT_DIR: &str = "imageapi";
+
+/// Errors from cgroup management.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// The mount table could not be read.
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    Mountinfo(#[source] io::Error),
+    /// Neither cgroup2 nor the v1 freezer is mounted on this host.
+    #[error("no cgroup hierarchy to put the container in: neither cgroup2 nor the v1 freezer is mounted")]
+    NoHierarchy,
+    /// A file operation on a cgroup failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. `create`.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// Some task did not stop within the freeze timeout (for example, blocked in the kernel).
+    #[error("{} did not freeze within {timeout:?}; thawed it again", path.display())]
+    FreezeTimeout {
+        /// The cgroup.
+        path: PathBuf,
+        /// How long it was given.
+        timeout: Duration,
+    },
+}
+
+/// The cgroup hierarchies of this host, as mounted in the service's mount namespace.
+#[derive(Debug, Default)]
+struct Hierarchies {
+    unified: Option<PathBuf>,
+    freezer: Option<PathBuf>,
+    systemd: Option<PathBuf>,
+}
+
+/// One container's cgroups: a directory in each hierarchy it was put in.
+#[derive(Debug, Clone, Default)]
+pub struct Cgroup {
+    unified: Option<PathBuf>,
+    freezer: Option<PathBuf>,
+    systemd: Option<PathBuf>,
+}
+
+impl Cgroup {
+    /// Creates the cgroups of container `id` (see the module documentation for which). A stale
+    /// empty cgroup of the same name, left by an earlier run, is replaced.
+    pub(crate) fn create(id: i64, systemd: bool) -> Result<Cgroup, CgroupError> {
+        let hierarchies = hierarchies()?;
+        let mut cgroup = Cgroup::default();
+        match cgroup.populate(hierarchies, id, systemd) {
+            Ok(()) => Ok(cgroup),
+            Err(error) => {
+                if let Err(cleanup) = cgroup.remove() {
+                    tracing::warn!(id, %cleanup, "cannot remove a half-made cgroup");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn populate(&mut self, h: &Hierarchies, id: i64, systemd: bool) -> Result<(), CgroupError> {
+        if let Some(root) = &h.unified {
+            self.unified = Some(make_dir(root, id)?);
+        }
+        let v2_freezes = self
+            .unified
+            .as_ref()
+            .is_some_and(|dir| dir.join("cgroup.freeze").exists());
+        if !v2_freezes {
+            if let Some(root) = &h.freezer {
+                self.freezer = Some(make_dir(root, id)?);
+            }
+        }
+        if systemd {
+            if let Some(root) = &h.systemd {
+                self.systemd = Some(make_dir(root, id)?);
+            }
+        }
+        if self.unified.is_none() && self.freezer.is_none() {
+            return Err(CgroupError::NoHierarchy);
+        }
+        Ok(())
+    }
+
+    /// The directories of this container's cgroups, one per hierarchy.
+    pub fn dirs(&self) -> impl Iterator<Item = &Path> {
+        [&self.unified, &self.freezer, &self.systemd]
+            .into_iter()
+            .filter_map(|dir| dir.as_deref())
+    }
+
+    /// Moves process `pid` (as the service sees it) into every cgroup of the container.
+    pub(crate) fn add(&self, pid: i32) -> Result<(), CgroupError> {
+        for dir in self.dirs() {
+            write(&dir.join("cgroup.procs"), &pid.to_string(), "join")?;
+        }
+        Ok(())
+    }
+
+    /// Freezes every task of the container and waits until all of them are stopped.
+    pub fn freeze(&self) -> Result<(), CgroupError> {
+        match (&self.freezer, &self.unified) {
+            (Some(dir), _) => freeze_v1(dir),
+            (None, Some(dir)) => freeze_v2(dir),
+            (None, None) => Err(CgroupError::NoHierarchy),
+        }
+    }
+
+    /// Lets a frozen container run again. A v1-frozen task does not even die of SIGKILL until
+    /// it is thawed.
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        match (&self.freezer, &self.unified) {
+            (Some(dir), _) => write(&dir.join("freezer.state"), "THAWED", "thaw"),
+            (None, Some(dir)) => write(&dir.join("cgroup.freeze"), "0", "thaw"),
+            (None, None) => Err(CgroupError::NoHierarchy),
+        }
+    }
+
+    /// Removes the cgroups, sub-cgroups first. They must be empty: call it once the init has
+    /// been reaped (the kernel empties a pid namespace before its init is reported exited).
+    /// Directories already gone are fine.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        let mut first_error = None;
+        for dir in self.dirs() {
+            if let Err(error) = remove_tree(dir) {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The hierarchies, read from the mount table once: the service does not remount cgroups.
+fn hierarchies() -> Result<&'static Hierarchies, CgroupError> {
+    static HIERARCHIES: OnceLock<Hierarchies> = OnceLock::new();
+    if let Some(found) = HIERARCHIES.get() {
+        return Ok(found);
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+    Ok(HIERARCHIES.get_or_init(|| parse_mountinfo(&mountinfo)))
+}
+
+/// Finds the first cgroup2 mount and the first v1 mounts carrying the freezer controller and
+/// the `name=systemd` hierarchy.
+fn parse_mountinfo(mountinfo: &str) -> Hierarchies {
+    let mut found = Hierarchies::default();
+    for line in mountinfo.lines() {
+        let Some((mount, fs)) = line.split_once(" - ") else {
+            continue;
+        };
+        let (Some(mountpoint), mut fs) = (mount.split(' ').nth(4), fs.split(' ')) else {
+            continue;
+        };
+        let dir = || Some(PathBuf::from(unescape(mountpoint)));
+        match (fs.next(), fs.nth(1)) {
+            (Some("cgroup2"), _) if found.unified.is_none() => found.unified = dir(),
+            (Some("cgroup"), Some(options)) => {
+                let mut options = options.split(',');
+                let (freezer, systemd) = options.fold((false, false), |(f, s), o| {
+                    (f || o == "freezer", s || o == "name=systemd")
+                });
+                if freezer && found.freezer.is_none() {
+                    found.freezer = dir();
+                }
+                if systemd && found.systemd.is_none() {
+                    found.systemd = dir();
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|digits| {
+            let text = std::str::from_utf8(digits).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Makes `<root>/imageapi/<id>`, replacing a stale one.
+fn make_dir(root: &Path, id: i64) -> Result<PathBuf, CgroupError> {
+    let parent = root.join(PARENT_DIR);
+    fs::create_dir_all(&parent).map_err(|source| CgroupError::Io {
+        action: "create",
+        path: parent.clone(),
+        source,
+    })?;
+    let dir = parent.join(id.to_string());
+    let created = match fs::create_dir(&dir) {
+        Err(error) if error.kind() == ErrorKind::AlreadyExists => {
+            tracing::warn!(dir = %dir.display(), "replacing a stale cgroup");
+            remove_tree(&dir)?;
+            fs::create_dir(&dir)
+        }
+        other => other,
+    };
+    created.map_err(|source| CgroupError::Io {
+        action: "create",
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
+/// Removes a cgroup and its sub-cgroups, deepest first. Cgroup directories only hold
+/// directories and kernel files, and rmdir(2) takes a cgroup with its files.
+fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+    let io_error = |action, source| CgroupError::Io {
+        action,
+        path: dir.to_owned(),
+        source,
+    };
+    let entries = match fs::read_dir(dir) {
+        Err(error) if error.kind() == ErrorKind::NotFound => return Ok(()),
+        other => other.map_err(|source| io_error("list", source))?,
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| io_error("list", source))?;
+        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    match fs::remove_dir(dir) {
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(()),
+        other => other.map_err(|source| io_error("remove", source)),
+    }
+}
+
+/// Writes `value` to a cgroup file in one write, as cgroup files expect.
+fn write(path: &Path, value: &str, action: &'static str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(|source| CgroupError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// v2: set `cgroup.freeze`, then sleep on `cgroup.events` (the kernel notifies pollers of its
+/// changes with POLLPRI) until it says `frozen 1`.
+fn freeze_v2(dir: &Path) -> Result<(), CgroupError> {
+    write(&dir.join("cgroup.freeze"), "1", "freeze")?;
+    let path = dir.join("cgroup.events");
+    let io_error = |source| CgroupError::Io {
+        action: "watch",
+        path: path.clone(),
+        source,
+    };
+    let events = File::open(&path).map_err(io_error)?;
+    let deadline = Instant::now() + FREEZE_TIMEOUT;
+    loop {
+        // Reading also arms the notification: poll wakes for changes after the last read.
+        let mut buf = [0u8; 256];
+        let len = events.read_at(&mut buf, 0).map_err(io_error)?;
+        if String::from_utf8_lossy(&buf[..len])
+            .lines()
+            .any(|line| line == "frozen 1")
+        {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            write(&dir.join("cgroup.freeze"), "0", "thaw")?;
+            return Err(CgroupError::FreezeTimeout {
+                path: dir.to_owned(),
+                timeout: FREEZE_TIMEOUT,
+            });
+        }
+        let mut pollfd = libc::pollfd {
+            fd: events.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        let millis = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `pollfd` is one valid pollfd for an open descriptor, and we pass a count of 1.
+        if unsafe { libc::poll(&raw mut pollfd, 1, millis) } < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != ErrorKind::Interrupted {
+                return Err(io_error(error));
+            }
+        }
+    }
+}
+
+/// v1: write `FROZEN` until `freezer.state` reads `FROZEN` rather than `FREEZING`. The v1
+/// freezer has no change notification, so this re-checks every millisecond (and re-writing
+/// `FROZEN` retries the tasks that were busy).
+fn freeze_v1(dir: &Path) -> Result<(), CgroupError> {
+    let state = dir.join("freezer.state");
+    let deadline = Instant::now() + FREEZE_TIMEOUT;
+    loop {
+        write(&state, "FROZEN", "freeze")?;
+        let now = fs::read_to_string(&state).map_err(|source| CgroupError::Io {
+            action: "read",
+            path: state.clone(),
+            source,
+        })?;
+        if now.trim() == "FROZEN" {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            write(&state, "THAWED", "thaw")?;
+            return Err(CgroupError::FreezeTimeout {
+                path: dir.to_owned(),
+                timeout: FREEZE_TIMEOUT,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_hybrid_hierarchies() {
+        let mountinfo = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/uni\\040fied rw,relatime shared:5 - cgroup2 cgroup2 rw
+";
+        let found = parse_mountinfo(mountinfo);
+        assert_eq!(
+            found.unified.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/uni fied"))
+        );
+        assert_eq!(
+            found.freezer.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/freezer"))
+        );
+        assert_eq!(
+            found.systemd.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/systemd"))
+        );
+    }
+
+    #[test]
+    fn finds_pure_v2() {
+        let found = parse_mountinfo("25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        assert_eq!(found.unified.as_deref(), Some(Path::new("/sys/fs/cgroup")));
+        assert!(found.freezer.is_none() && found.systemd.is_none());
+    }
+}

@@ -1,0 +1,198 @@
+//! Starting the init process: `clone3` into new namespaces from a multi-threaded service.
+//!
+//! The child of a multi-threaded process may only make async-signal-safe calls until it executes
+//! a program (another thread may have held the allocator's lock at the moment of the clone), so
+//! everything it needs is prepared beforehand in a [`ChildPlan`]. The child waits for the service
+//! to finish placing it (cgroups, user namespace maps), moves its descriptors to fixed numbers
+//! and re-executes the service binary as the init, which does the real work single-threaded.
+
+use std::ffi::{c_char, CString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+use nix::fcntl::OFlag;
+use nix::unistd::pipe2;
+
+use super::spec::{send_report, FAILED_EXIT_CODE, INIT_MARKER, REPORT_FD, SPEC_FD};
+
+/// Descriptors the child moves to fixed numbers are first copied at or above this number, so
+/// that no `dup2` of the child overwrites a descriptor it has yet to move.
+const FIRST_HIGH_FD: RawFd = 10;
+
+/// The program name the init shows in `ps` until it executes the payload.
+const INIT_PROCESS_NAME: &str = "imageapi-init";
+
+/// A freshly cloned child: its pid in the service's pid namespace and a pidfd for it.
+pub(crate) struct Child {
+    /// The pid, as the service sees it.
+    pub pid: i32,
+    /// A pidfd, obtained atomically by `CLONE_PIDFD`.
+    pub pidfd: OwnedFd,
+}
+
+/// The service's ends of the pipes shared with a child.
+pub(crate) struct ParentEnds {
+    /// Writing one byte lets the child go on; closing it without a byte makes the child exit.
+    pub go: OwnedFd,
+    /// The init's failure report, or end of file once the payload is executing.
+    pub report: File,
+}
+
+/// Everything the child needs between the clone and the exec, prepared so that it allocates
+/// nothing and takes no lock.
+pub(crate) struct ChildPlan {
+    program: CString,
+    _argv: [CString; 2],
+    argv_ptrs: [*const c_char; 3],
+    envp: [*const c_char; 1],
+    stdin: OwnedFd,
+    log: OwnedFd,
+    spec: OwnedFd,
+    report: OwnedFd,
+    go: OwnedFd,
+}
+
+impl ChildPlan {
+    /// Prepares the descriptors and strings for a child that will execute `program` (the service
+    /// binary) as an init reading its spec from `spec`, with `log` as its stdout and stderr.
+    pub fn new(program: &Path, log: &File, spec: OwnedFd) -> io::Result<(ChildPlan, ParentEnds)> {
+        let (go_read, go_write) = pipe2(OFlag::O_CLOEXEC)?;
+        let (report_read, report_write) = pipe2(OFlag::O_CLOEXEC)?;
+        let argv = [
+            CString::new(INIT_PROCESS_NAME).map_err(io::Error::other)?,
+            CString::new(INIT_MARKER).map_err(io::Error::other)?,
+        ];
+        let argv_ptrs = [argv[0].as_ptr(), argv[1].as_ptr(), std::ptr::null()];
+        let plan = ChildPlan {
+            program: CString::new(program.as_os_str().as_bytes()).map_err(io::Error::other)?,
+            argv_ptrs,
+            _argv: argv,
+            envp: [std::ptr::null()],
+            stdin: high_copy(File::open("/dev/null")?.as_fd())?,
+            log: high_copy(log.as_fd())?,
+            spec: high_copy(spec.as_fd())?,
+            report: high_copy(report_write.as_fd())?,
+            go: high_copy(go_read.as_fd())?,
+        };
+        let ends = ParentEnds {
+            go: go_write,
+            report: File::from(report_read),
+        };
+        Ok((plan, ends))
+    }
+
+    /// Clones the child with `flags` (namespaces; `CLONE_PIDFD` is added) and returns it. The
+    /// child blocks until the service writes to [`ParentEnds::go`].
+    pub fn spawn(self, flags: u64) -> io::Result<Child> {
+        // Block every signal around the clone: a handler of the service (signal-hook's, say)
+        // must not run in the child, and the init unblocks them itself before the payload.
+        let mut saved = SigSet::empty();
+        pthread_sigmask(
+            SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::all()),
+            Some(&mut saved),
+        )?;
+        let mut pidfd: libc::c_int = -1;
+        let mut args = libc::clone_args {
+            flags: flags | libc::CLONE_PIDFD as u64,
+            pidfd: (&raw mut pidfd) as u64,
+            child_tid: 0,
+            parent_tid: 0,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: 0,
+            stack_size: 0,
+            tls: 0,
+            set_tid: 0,
+            set_tid_size: 0,
+            cgroup: 0,
+        };
+        // SAFETY: `args` is a valid clone_args of the size passed. Without CLONE_VM and with no
+        // stack the child gets a copy of this thread's memory and returns here like fork(2);
+        // it then only runs `run_child`, which makes async-signal-safe calls and never returns.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &raw mut args,
+                std::mem::size_of::<libc::clone_args>(),
+            )
+        };
+        if ret == 0 {
+            self.run_child();
+        }
+        let clone_error = io::Error::last_os_error();
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&saved), None)?;
+        if ret < 0 {
+            return Err(clone_error);
+        }
+        // SAFETY: on success the kernel stored a new pidfd, owned by nobody else, in `pidfd`.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        Ok(Child {
+            pid: i32::try_from(ret).map_err(io::Error::other)?,
+            pidfd,
+        })
+    }
+
+    /// The child's side: wait for the go, set up descriptors, execute the init program.
+    fn run_child(&self) -> ! {
+        let mut byte = 0u8;
+        loop {
+            // SAFETY: reads one byte into a valid local; read(2) is async-signal-safe.
+            let n = unsafe { libc::read(self.go.as_raw_fd(), (&raw mut byte).cast(), 1) };
+            if n == 1 {
+                break;
+            }
+            if n < 0 && last_errno() == libc::EINTR {
+                continue;
+            }
+            // The service gave up on this child and closed its end.
+            // SAFETY: _exit(2) is async-signal-safe and skips the service's atexit handlers.
+            unsafe { libc::_exit(FAILED_EXIT_CODE) };
+        }
+        let moves = [
+            (&self.stdin, libc::STDIN_FILENO, "redirect stdin"),
+            (&self.log, libc::STDOUT_FILENO, "redirect stdout to the log"),
+            (&self.log, libc::STDERR_FILENO, "redirect stderr to the log"),
+            (&self.spec, SPEC_FD, "pass the spec"),
+            (&self.report, REPORT_FD, "pass the report pipe"),
+        ];
+        for (from, to, step) in moves {
+            // SAFETY: dup2(2) is async-signal-safe; `from` is open and at or above
+            // FIRST_HIGH_FD, so it is never one of the targets. The copy is not close-on-exec.
+            if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
+                self.fail(step);
+            }
+        }
+        // SAFETY: the program path, argv and envp are NUL-terminated strings and
+        // NULL-terminated arrays that live in this (copied) memory; execve(2) is
+        // async-signal-safe.
+        unsafe {
+            libc::execve(
+                self.program.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.envp.as_ptr(),
+            )
+        };
+        self.fail("execute the init program")
+    }
+
+    /// Reports the current errno for `step` to the service and exits.
+    fn fail(&self, step: &str) -> ! {
+        send_report(self.report.as_raw_fd(), false, last_errno(), step);
+        // SAFETY: as in `run_child`.
+        unsafe { libc::_exit(FAILED_EXIT_CODE) }
+    }
+}
+
+/// A close-on-exec copy of `fd` at or above [`FIRST_HIGH_FD`].
+fn high_copy(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, FIRST_HIGH_FD)?)
+}
+
+/// The calling thread's errno, read without allocating.
+fn last_errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}

@@ -1,0 +1,58 @@
+//! The few fields of `/proc/<pid>/stat` the runtime needs.
+
+use std::fs;
+use std::io;
+
+/// Fields of `/proc/<pid>/stat`, as seen from the service's pid namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stat {
+    /// The session id (field 6).
+    pub session: i32,
+    /// Clock ticks after boot at which the process started (field 22): with the pid, it names
+    /// a process uniquely, as pids get reused.
+    pub start_time: u64,
+}
+
+impl Stat {
+    /// Reads the stat line of process `pid`.
+    pub fn read(pid: i32) -> io::Result<Stat> {
+        parse(&fs::read_to_string(format!("/proc/{pid}/stat"))?)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/<pid>/stat"))
+    }
+}
+
+/// Parses a stat line. The command name (field 2) is in parentheses and may itself contain
+/// spaces and parentheses, so fields are counted from the last `)`.
+fn parse(line: &str) -> Option<Stat> {
+    let (_, after_name) = line.rsplit_once(')')?;
+    // After the name come field 3 (state), 4 (ppid), 5 (pgrp), 6 (session), ...
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    Some(Stat {
+        session: fields.get(6 - 3)?.parse().ok()?,
+        start_time: fields.get(22 - 3)?.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_name_with_parentheses_and_spaces() {
+        let line = "4242 (a) b (c) S 1 4242 4200 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 \
+                    1000 10 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(
+            parse(line),
+            Some(Stat {
+                session: 4200,
+                start_time: 987654
+            })
+        );
+    }
+
+    #[test]
+    fn reads_our_own_stat() {
+        let ours = Stat::read(std::process::id() as i32).unwrap();
+        assert!(ours.start_time > 0);
+    }
+}

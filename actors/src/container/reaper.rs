@@ -1,0 +1,187 @@
+//! The service as a child subreaper: orphans of its helpers end up as its children, and this
+//! module reaps them so they do not stay zombies.
+//!
+//! Reaping must never steal the exit status of a child somebody else waits for: the container
+//! inits (waited for by [`super::Init::wait`]) and the helpers the service runs with
+//! `std::process` or `tokio::process` (which wait by pid). Nothing in the kernel tells an
+//! adopted orphan from a child the service forked itself, so the rule is:
+//!
+//! - a supervised init is registered here, under the same lock the reaper holds while it
+//!   scans, from the instant it is cloned until its owner has reaped it: never touched;
+//! - an init whose [`super::Init`] was dropped unreaped is handed over ("abandoned") and reaped
+//!   here, with its cgroups removed;
+//! - any other child is reaped only if it is in a session other than the service's. Children
+//!   forked by the service (`Command`) inherit its session; orphans that come up to a subreaper
+//!   are, in practice, daemons that called `setsid` to detach from the helper that started
+//!   them. So: a helper the service spawns must not be started with `setsid` (its status could
+//!   be taken), and an orphan that never left the service's session stays a zombie until the
+//!   service exits.
+//!
+//! The reaper is a thread woken by SIGCHLD (through a signal-hook socket, no polling) that lists
+//! the service's children from `/proc/self/task/*/children`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use rustix::process::{getpid, getsid, set_child_subreaper, waitid, Pid, WaitId, WaitIdOptions};
+
+use super::cgroup::Cgroup;
+use super::proc::Stat;
+
+/// Errors starting the reaper.
+#[derive(Debug, thiserror::Error)]
+pub enum ReaperError {
+    /// `prctl(PR_SET_CHILD_SUBREAPER)` failed.
+    #[error("cannot become a child subreaper: {0}")]
+    Subreaper(#[source] io::Error),
+    /// The SIGCHLD handler or its socket could not be set up.
+    #[error("cannot watch SIGCHLD: {0}")]
+    Signal(#[source] io::Error),
+    /// The reaper thread could not be started.
+    #[error("cannot start the reaper thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+/// Who waits for a registered child.
+enum Owner {
+    /// Its [`super::Init`] does.
+    Supervised,
+    /// Nobody any more: the reaper reaps it, then removes these cgroups.
+    Abandoned(Cgroup),
+}
+
+/// The registered children, by pid.
+static REGISTRY: Mutex<BTreeMap<i32, Owner>> = Mutex::new(BTreeMap::new());
+
+/// The write end of the reaper's wake-up socket, once the reaper runs.
+static WAKER: OnceLock<UnixStream> = OnceLock::new();
+
+/// Makes the service a child subreaper and starts the reaper thread. Idempotent: later calls
+/// return at once. Call it early in the service's main; [`super::launch`] calls it too.
+pub fn start_reaper() -> Result<(), ReaperError> {
+    static STARTING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = STARTING.lock().unwrap_or_else(|poison| poison.into_inner());
+    if WAKER.get().is_some() {
+        return Ok(());
+    }
+    set_child_subreaper(Some(getpid())).map_err(|e| ReaperError::Subreaper(e.into()))?;
+    let (mut wakeups, waker) = UnixStream::pair().map_err(ReaperError::Signal)?;
+    let for_signals = waker.try_clone().map_err(ReaperError::Signal)?;
+    let handler = signal_hook::low_level::pipe::register(libc::SIGCHLD, for_signals)
+        .map_err(ReaperError::Signal)?;
+    let thread = std::thread::Builder::new()
+        .name("imageapi-reaper".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            // Each read returns once at least one SIGCHLD (or wake-up) arrived since the last.
+            while wakeups.read(&mut buf).is_ok_and(|n| n > 0) {
+                reap();
+            }
+            tracing::error!("the reaper's wake-up socket closed; orphans will not be reaped");
+        });
+    if let Err(error) = thread {
+        signal_hook::low_level::unregister(handler);
+        return Err(ReaperError::Thread(error));
+    }
+    // Children may have exited before the handler was installed.
+    wake(&waker);
+    let _ = WAKER.set(waker);
+    Ok(())
+}
+
+/// Runs `clone` (which starts a supervised init and returns its pid) with the registry locked,
+/// and registers the pid before the reaper can look at the children again.
+pub(crate) fn spawn_supervised<T>(
+    clone: impl FnOnce() -> io::Result<T>,
+    pid: impl Fn(&T) -> i32,
+) -> io::Result<T> {
+    let mut registry = registry();
+    let child = clone()?;
+    registry.insert(pid(&child), Owner::Supervised);
+    Ok(child)
+}
+
+/// Forgets a supervised init once its owner has reaped it.
+pub(crate) fn release(pid: i32) {
+    registry().remove(&pid);
+}
+
+/// Hands an unreaped init over to the reaper, which removes `cgroup` once it has reaped it.
+pub(crate) fn abandon(pid: i32, cgroup: Cgroup) {
+    registry().insert(pid, Owner::Abandoned(cgroup));
+    match WAKER.get() {
+        Some(waker) => wake(waker),
+        None => tracing::warn!(pid, "no reaper runs: the abandoned init will stay a zombie"),
+    }
+}
+
+fn registry() -> MutexGuard<'static, BTreeMap<i32, Owner>> {
+    // The map stays consistent even if a holder panicked: every update is a single call.
+    REGISTRY.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// Makes the reaper thread scan again.
+fn wake(mut waker: &UnixStream) {
+    // A full socket already holds a pending wake-up, so a failed write loses nothing.
+    let _ = waker.write(&[0]);
+}
+
+/// Reaps every exited child the rules of the module documentation allow, until a scan finds
+/// none (the children lists may skip entries while children exit during the read).
+fn reap() {
+    let mut registry = registry();
+    let ours = getsid(None).ok().map(|pid| pid.as_raw_nonzero().get());
+    loop {
+        let mut reaped = 0;
+        for pid in children() {
+            let reapable = match registry.get(&pid) {
+                Some(Owner::Supervised) => false,
+                Some(Owner::Abandoned(_)) => true,
+                None => ours.is_some_and(|ours| Stat::read(pid).is_ok_and(|s| s.session != ours)),
+            };
+            if !reapable || !reap_one(pid) {
+                continue;
+            }
+            reaped += 1;
+            if let Some(Owner::Abandoned(cgroup)) = registry.remove(&pid) {
+                if let Err(error) = cgroup.remove() {
+                    tracing::warn!(pid, %error, "cannot remove an abandoned init's cgroups");
+                }
+            }
+        }
+        if reaped == 0 {
+            return;
+        }
+    }
+}
+
+/// Reaps `pid` if it has exited; true if it did.
+fn reap_one(pid: i32) -> bool {
+    let Some(pid) = Pid::from_raw(pid) else {
+        return false;
+    };
+    match waitid(WaitId::Pid(pid), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
+        Ok(Some(status)) => {
+            tracing::debug!(pid = pid.as_raw_nonzero().get(), ?status, "reaped an orphan");
+            true
+        }
+        Ok(None) | Err(_) => false,
+    }
+}
+
+/// The pids of the service's children, from every thread's `children` file.
+fn children() -> Vec<i32> {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(list) = fs::read_to_string(task.path().join("children")) {
+            pids.extend(list.split_whitespace().filter_map(|pid| pid.parse().ok()));
+        }
+    }
+    pids
+}

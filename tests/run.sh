@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need, then runs every test.
+# Must run as root: the tests attach loop devices, mount filesystems and create namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "tests/run.sh: the tests need root (loop devices, mounts, namespaces)" >&2
+  exit 1
+fi
+
+# Tools the tests build images with.
+need=()
+command -v busybox >/dev/null || need+=(busybox-static)
+command -v mksquashfs >/dev/null || need+=(squashfs-tools)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+# A fresh machine may lack loop device nodes until the module is asked for.
+[ -e /dev/loop-control ] || modprobe loop
+
+cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
