@@ -15,7 +15,7 @@ pub struct ApiError {
 
 /// The `error` object: `code` always equals the HTTP status. The optional fields extend the
 /// contract's `error` so a client can tell which object of a nested request failed and why.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ErrorBody {
     pub code: u16,
     pub message: String,
@@ -53,6 +53,11 @@ impl ApiError {
         );
         error.body.field = Some(field);
         error
+    }
+
+    /// The JSON body this error answers with.
+    pub fn body(&self) -> &ErrorBody {
+        &self.body
     }
 
     /// 405 with the methods the path has.
