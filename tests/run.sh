@@ -23,4 +23,20 @@ fi
 # A fresh machine may lack loop device nodes until the module is asked for.
 [ -e /dev/loop-control ] || modprobe loop
 
-cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
+# What the suite may not leave behind: loop devices and mounts it made (compared with before).
+kernel_resources() {
+  losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null | sort
+  awk '{print $5}' /proc/self/mountinfo | grep -E '^/tmp/' | sort
+}
+before=$(kernel_resources)
+
+status=0
+cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" || status=$?
+
+left=$(comm -13 <(echo "$before") <(kernel_resources))
+if [ -n "$left" ]; then
+  echo "tests/run.sh: the suite left kernel resources behind:" >&2
+  echo "$left" >&2
+  status=1
+fi
+exit $status
