@@ -22,6 +22,16 @@ pub(crate) const SPEC_FD: RawFd = 3;
 /// Descriptor of the failure report pipe in the init.
 pub(crate) const REPORT_FD: RawFd = 4;
 
+/// Where a command name without a `/` is looked for inside the image, in order.
+pub(crate) const SEARCH_PATH: [&str; 6] = [
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
 /// Exit code of an init that could not execute its payload.
 pub(crate) const FAILED_EXIT_CODE: i32 = 127;
 
@@ -90,6 +100,29 @@ pub(crate) fn send_report(fd: RawFd, rejection: bool, errno: i32, step: &str) {
 }
 
 impl Report {
+    /// A failure of the kernel (or of the environment) at `step`.
+    pub fn kernel(step: impl Into<String>, error: impl Into<io::Error>) -> Report {
+        Report::new(false, step, error.into())
+    }
+
+    /// A failure to execute the payload that the image is to blame for.
+    pub fn rejection(step: impl Into<String>, error: impl Into<io::Error>) -> Report {
+        Report::new(true, step, error.into())
+    }
+
+    fn new(rejection: bool, step: impl Into<String>, error: io::Error) -> Report {
+        Report {
+            rejection,
+            errno: error.raw_os_error().unwrap_or(libc::EINVAL),
+            step: step.into(),
+        }
+    }
+
+    /// Writes the report to `fd` (see [`send_report`]).
+    pub fn send(&self, fd: RawFd) {
+        send_report(fd, self.rejection, self.errno, &self.step);
+    }
+
     /// Decodes what the service read from the report pipe: `None` for no report at all.
     pub fn decode(bytes: &[u8]) -> Option<Report> {
         if bytes.is_empty() {
@@ -108,6 +141,18 @@ impl Report {
     /// The failed call's error, for display.
     pub fn error(&self) -> io::Error {
         io::Error::from_raw_os_error(self.errno)
+    }
+}
+
+/// Turns any kernel error into a [`Report`] naming the step, the way the init reports them.
+pub(crate) trait Step<T> {
+    /// Attaches the step, built only on failure.
+    fn step(self, step: impl FnOnce() -> String) -> Result<T, Report>;
+}
+
+impl<T, E: Into<io::Error>> Step<T> for Result<T, E> {
+    fn step(self, step: impl FnOnce() -> String) -> Result<T, Report> {
+        self.map_err(|error| Report::kernel(step(), error))
     }
 }
 
