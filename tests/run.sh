@@ -26,7 +26,7 @@ fi
 # What the suite may not leave behind: loop devices and mounts it made (compared with before).
 kernel_resources() {
   losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null | sort
-  awk '{print $5}' /proc/self/mountinfo | grep -E '^/tmp/' | sort
+  awk '$5 ~ /^\/tmp\// {print $5}' /proc/self/mountinfo | sort
 }
 before=$(kernel_resources)
 

@@ -186,7 +186,7 @@ fn parse_mountinfo(mountinfo: &str) -> Hierarchies {
         match (fs.next(), fs.nth(1)) {
             (Some("cgroup2"), _) if found.unified.is_none() => found.unified = dir(),
             (Some("cgroup"), Some(options)) => {
-                let mut options = options.split(',');
+                let options = options.split(',');
                 let (freezer, systemd) = options.fold((false, false), |(f, s), o| {
                     (f || o == "freezer", s || o == "name=systemd")
                 });

@@ -180,7 +180,7 @@ fn children() -> Vec<i32> {
     let mut pids = Vec::new();
     for task in tasks.flatten() {
         if let Ok(list) = fs::read_to_string(task.path().join("children")) {
-            pids.extend(list.split_whitespace().filter_map(|pid| pid.parse().ok()));
+            pids.extend(list.split_whitespace().filter_map(|pid| pid.parse::<i32>().ok()));
         }
     }
     pids
