@@ -35,6 +35,8 @@ fn log_filter() -> EnvFilter {
 }
 
 fn main() -> anyhow::Result<()> {
+    // A container init is this binary re-executed: it must take over before any thread exists.
+    actors::container::run_if_init();
     let options = Options::parse();
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())

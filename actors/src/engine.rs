@@ -8,8 +8,11 @@ use tracing::{info, warn};
 
 use crate::error::Error;
 use crate::model::spec;
-use crate::model::wire::{Attach, AttachKind, Id, Mount, MountKind};
-use crate::registry::actor::{Abort, Begin, Commit, Delete, List, Registry, Selector, Shutdown};
+use futures::FutureExt;
+
+use crate::model::wire::{Attach, AttachKind, Container, ContainerState, Id, Mount, MountKind};
+pub use crate::registry::actor::Selector;
+use crate::registry::actor::{Abort, Begin, Commit, Delete, List, Registry, SetState, Shutdown};
 use crate::registry::build::{Built, Transaction};
 use crate::registry::graph::ObjectKind;
 use crate::registry::record::Record;
@@ -116,6 +119,14 @@ impl Engine {
         }
     }
 
+    pub async fn create_container(&self, container: Container) -> Result<Container, Error> {
+        let def = spec::container_def(&container)?;
+        match self.create(move |t| t.container(def).boxed()).await? {
+            Record::Container(container) => Ok(container),
+            _ => unreachable!("a container create answers a container"),
+        }
+    }
+
     async fn list(
         &self,
         kind: ObjectKind,
@@ -155,6 +166,52 @@ impl Engine {
                 _ => None,
             })
             .collect())
+    }
+
+    /// Containers, all or the one named by id or name, optionally only those in `state`.
+    pub async fn list_container(
+        &self,
+        selector: Option<Selector>,
+        state: Option<ContainerState>,
+    ) -> Result<Vec<Container>, Error> {
+        let records = self.list(ObjectKind::Container, selector).await?;
+        Ok(records
+            .into_iter()
+            .filter_map(|record| match record {
+                Record::Container(container) if state.is_none() || container.state == state => {
+                    Some(container)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub async fn delete_container(
+        &self,
+        selector: Selector,
+        force: bool,
+    ) -> Result<Container, Error> {
+        match self.delete(ObjectKind::Container, selector, force).await? {
+            Record::Container(container) => Ok(container),
+            _ => unreachable!("the registry checks the kind"),
+        }
+    }
+
+    /// `PATCH state=`: start, stop, pause or resume a container.
+    pub async fn set_container_state(
+        &self,
+        selector: Selector,
+        state: ContainerState,
+    ) -> Result<Container, Error> {
+        match self
+            .registry
+            .send(SetState { selector, state })
+            .await
+            .map_err(mailbox_gone)??
+        {
+            Record::Container(container) => Ok(container),
+            _ => unreachable!("the registry checks the kind"),
+        }
     }
 
     async fn delete(

@@ -11,5 +11,5 @@ pub mod registry;
 pub mod resource;
 pub mod sys;
 
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, Selector};
 pub use error::{Error, Origin};

@@ -85,6 +85,7 @@ impl<R: KernelResource> Handler<Release> for ResourceActor<R> {
 pub enum ObjectAddr {
     Attach(Addr<crate::attach::AttachActor>),
     Mount(Addr<crate::mount::MountActor>),
+    Container(Addr<crate::container::actor::ContainerActor>),
 }
 
 impl ObjectAddr {
@@ -93,6 +94,7 @@ impl ObjectAddr {
         let answer = match self {
             ObjectAddr::Attach(addr) => addr.send(Release).await,
             ObjectAddr::Mount(addr) => addr.send(Release).await,
+            ObjectAddr::Container(addr) => addr.send(Release).await,
         };
         // A mailbox that is already closed means the actor is gone, and its resource with it.
         answer.unwrap_or(Ok(()))

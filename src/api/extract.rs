@@ -87,6 +87,10 @@ impl Query {
             .map(|(_, value)| value.as_str())
     }
 
+    pub fn string(&self, name: &str) -> Option<String> {
+        self.raw(name).map(str::to_string)
+    }
+
     pub fn int(&self, name: &str) -> Result<Option<i64>, ApiError> {
         self.raw(name)
             .map(|value| {

@@ -7,18 +7,22 @@
 //! - the v1 `name=systemd` hierarchy, for systemd containers on a hybrid host: systemd in the
 //!   container needs a subtree of it that it may write to.
 //!
-//! Hierarchies are found through `/proc/self/mountinfo`, never assumed. The service writes the
-//! init's pid to `cgroup.procs` before the init goes on, so nothing of the container ever runs
-//! outside them; once the init has been reaped, [`Cgroup::remove`] deletes them, deepest first
+//! Hierarchies are found through `/proc/self/mountinfo`, never assumed. The init is cloned
+//! straight into its cgroup2 cgroup, and the service writes its pid to the v1 `cgroup.procs`
+//! before it goes on, so nothing of the container ever runs outside them; once the init has been reaped, [`Cgroup::remove`] deletes them, deepest first
 //! (systemd makes sub-cgroups).
 
 use std::fs::{self, File};
 use std::io::{self, ErrorKind};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use rustix::fs::{Mode, OFlags};
+
+use super::poll::poll;
 
 /// How long [`Cgroup::freeze`] waits for every task to stop before giving up and thawing.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,9 +124,24 @@ impl Cgroup {
             .filter_map(|dir| dir.as_deref())
     }
 
-    /// Moves process `pid` (as the service sees it) into every cgroup of the container.
-    pub(crate) fn add(&self, pid: i32) -> Result<(), CgroupError> {
-        for dir in self.dirs() {
+    /// Opens the cgroup2 directory, for a child to be cloned straight into it.
+    pub(crate) fn open_unified(&self) -> Result<Option<OwnedFd>, CgroupError> {
+        let Some(dir) = &self.unified else {
+            return Ok(None);
+        };
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(dir, flags, Mode::empty()).map_err(|e| CgroupError::Io {
+            action: "open",
+            path: dir.clone(),
+            source: e.into(),
+        })?;
+        Ok(Some(fd))
+    }
+
+    /// Moves process `pid` (as the service sees it) into the container's v1 cgroups. Its
+    /// cgroup2 membership is given at birth (see [`Cgroup::open_unified`]).
+    pub(crate) fn join_v1(&self, pid: i32) -> Result<(), CgroupError> {
+        for dir in [&self.freezer, &self.systemd].into_iter().flatten() {
             write(&dir.join("cgroup.procs"), &pid.to_string(), "join")?;
         }
         Ok(())
@@ -308,25 +327,14 @@ fn freeze_v2(dir: &Path) -> Result<(), CgroupError> {
             return Ok(());
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let changed =
+            !left.is_zero() && poll(events.as_fd(), libc::POLLPRI, left).map_err(io_error)?;
+        if !changed {
             write(&dir.join("cgroup.freeze"), "0", "thaw")?;
             return Err(CgroupError::FreezeTimeout {
                 path: dir.to_owned(),
                 timeout: FREEZE_TIMEOUT,
             });
-        }
-        let mut pollfd = libc::pollfd {
-            fd: events.as_raw_fd(),
-            events: libc::POLLPRI,
-            revents: 0,
-        };
-        let millis = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `pollfd` is one valid pollfd for an open descriptor, and we pass a count of 1.
-        if unsafe { libc::poll(&raw mut pollfd, 1, millis) } < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() != ErrorKind::Interrupted {
-                return Err(io_error(error));
-            }
         }
     }
 }

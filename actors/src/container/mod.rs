@@ -1,1 +1,29 @@
 //! System containers: launching an init into namespaces, and supervising it.
+//!
+//! - [`launch()`] starts an init from a root directory, in new namespaces and its own cgroups, and
+//!   returns an [`Init`] to signal, freeze, thaw and [`wait`](Init::wait) for.
+//! - [`run_if_init`] must be the first call of the service's `main`: the init is (a sealed
+//!   in-memory copy of) the service binary, executed with a private marker, and does its setup
+//!   there.
+//! - [`start_reaper`] makes the service a child subreaper that reaps orphans.
+//!
+//! Internals: `clone` (the async-signal-safe child), `spec` (the service/init protocol),
+//! `rootfs` (the container's mounts), `cgroup`, `proc` (`/proc/<pid>/stat`), `poll`, `reaper`.
+
+pub mod actor;
+pub mod cgroup;
+mod clone;
+pub mod init;
+pub mod launch;
+mod poll;
+mod proc;
+pub mod process;
+pub mod reaper;
+mod rootfs;
+mod spec;
+
+pub use cgroup::{Cgroup, CgroupError};
+pub use init::run_if_init;
+pub use launch::{check_init, launch, InitConfig, LaunchError};
+pub use process::{ExitStatus, Init};
+pub use reaper::{start_reaper, ReaperError};

@@ -60,7 +60,7 @@ static REGISTRY: Mutex<BTreeMap<i32, Owner>> = Mutex::new(BTreeMap::new());
 static WAKER: OnceLock<UnixStream> = OnceLock::new();
 
 /// Makes the service a child subreaper and starts the reaper thread. Idempotent: later calls
-/// return at once. Call it early in the service's main; [`super::launch`] calls it too.
+/// return at once. Call it early in the service's main; [`super::launch()`] calls it too.
 pub fn start_reaper() -> Result<(), ReaperError> {
     static STARTING: Mutex<()> = Mutex::new(());
     let _one_at_a_time = STARTING.lock().unwrap_or_else(|poison| poison.into_inner());
@@ -69,6 +69,8 @@ pub fn start_reaper() -> Result<(), ReaperError> {
     }
     set_child_subreaper(Some(getpid())).map_err(|e| ReaperError::Subreaper(e.into()))?;
     let (mut wakeups, waker) = UnixStream::pair().map_err(ReaperError::Signal)?;
+    // Wake-ups must never block their sender: a full socket holds enough of them.
+    waker.set_nonblocking(true).map_err(ReaperError::Signal)?;
     let for_signals = waker.try_clone().map_err(ReaperError::Signal)?;
     let handler = signal_hook::low_level::pipe::register(libc::SIGCHLD, for_signals)
         .map_err(ReaperError::Signal)?;
@@ -77,10 +79,18 @@ pub fn start_reaper() -> Result<(), ReaperError> {
         .spawn(move || {
             let mut buf = [0u8; 64];
             // Each read returns once at least one SIGCHLD (or wake-up) arrived since the last.
-            while wakeups.read(&mut buf).is_ok_and(|n| n > 0) {
-                reap();
+            loop {
+                match wakeups.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => reap(),
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => {
+                        tracing::error!(%error, "the reaper cannot read its wake-ups");
+                        break;
+                    }
+                }
             }
-            tracing::error!("the reaper's wake-up socket closed; orphans will not be reaped");
+            tracing::error!("the reaper stopped; orphans will not be reaped");
         });
     if let Err(error) = thread {
         signal_hook::low_level::unregister(handler);
@@ -104,9 +114,18 @@ pub(crate) fn spawn_supervised<T>(
     Ok(child)
 }
 
-/// Forgets a supervised init once its owner has reaped it.
-pub(crate) fn release(pid: i32) {
-    registry().remove(&pid);
+/// Runs `reap` (which reaps supervised init `pid` if it has exited) with the registry locked,
+/// and forgets the pid if it did: the pid is free once reaped, and a new init may get it at once.
+pub(crate) fn reap_supervised<T>(
+    pid: i32,
+    reap: impl FnOnce() -> io::Result<Option<T>>,
+) -> io::Result<Option<T>> {
+    let mut registry = registry();
+    let reaped = reap()?;
+    if reaped.is_some() {
+        registry.remove(&pid);
+    }
+    Ok(reaped)
 }
 
 /// Hands an unreaped init over to the reaper, which removes `cgroup` once it has reaped it.
@@ -125,7 +144,7 @@ fn registry() -> MutexGuard<'static, BTreeMap<i32, Owner>> {
 
 /// Makes the reaper thread scan again.
 fn wake(mut waker: &UnixStream) {
-    // A full socket already holds a pending wake-up, so a failed write loses nothing.
+    // A full socket (WouldBlock) already holds pending wake-ups, so nothing is lost.
     let _ = waker.write(&[0]);
 }
 
@@ -163,9 +182,16 @@ fn reap_one(pid: i32) -> bool {
     let Some(pid) = Pid::from_raw(pid) else {
         return false;
     };
-    match waitid(WaitId::Pid(pid), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
+    match waitid(
+        WaitId::Pid(pid),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    ) {
         Ok(Some(status)) => {
-            tracing::debug!(pid = pid.as_raw_nonzero().get(), ?status, "reaped an orphan");
+            tracing::debug!(
+                pid = pid.as_raw_nonzero().get(),
+                ?status,
+                "reaped an orphan"
+            );
             true
         }
         Ok(None) | Err(_) => false,
@@ -180,7 +206,10 @@ fn children() -> Vec<i32> {
     let mut pids = Vec::new();
     for task in tasks.flatten() {
         if let Ok(list) = fs::read_to_string(task.path().join("children")) {
-            pids.extend(list.split_whitespace().filter_map(|pid| pid.parse::<i32>().ok()));
+            pids.extend(
+                list.split_whitespace()
+                    .filter_map(|pid| pid.parse::<i32>().ok()),
+            );
         }
     }
     pids

@@ -44,8 +44,6 @@ const REPORT_HEADER: usize = 5;
 /// Everything the init needs to build the container, already checked by the service.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct InitSpec {
-    /// The container id, for messages.
-    pub id: i64,
     /// The host directory that becomes `/`.
     pub rootfs: PathBuf,
     /// The payload's argument vector; `argv[0]` is resolved inside the new root.
@@ -176,7 +174,10 @@ mod tests {
         let step = "x".repeat(2 * REPORT_MAX);
         let bytes = encode_report(&mut buf, false, libc::EPERM, &step);
         assert_eq!(bytes.len(), REPORT_MAX);
-        assert_eq!(Report::decode(bytes).unwrap().step.len(), REPORT_MAX - REPORT_HEADER);
+        assert_eq!(
+            Report::decode(bytes).unwrap().step.len(),
+            REPORT_MAX - REPORT_HEADER
+        );
         assert!(Report::decode(&[]).is_none());
     }
 }

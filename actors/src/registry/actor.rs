@@ -13,8 +13,9 @@ use tracing::{info, warn};
 
 use super::graph::{Graph, GraphError, ObjectKind, Removed, TxnId};
 use super::record::{self, Record};
+use crate::container::actor::{ChangeState, StateChanged};
 use crate::error::Error;
-use crate::model::wire::Id;
+use crate::model::wire::{ContainerState, Id};
 use crate::resource::ObjectAddr;
 
 /// A batch of objects to release in order; `done` fires once all of them are.
@@ -280,6 +281,20 @@ impl Handler<Delete> for Registry {
     fn handle(&mut self, msg: Delete, _: &mut Self::Context) -> Self::Result {
         let deleted = self.select(msg.kind, &msg.selector).and_then(|id| {
             let view = record::view(&self.graph, id).ok_or(GraphError::NotFound(id))?;
+            if let Record::Container(container) = &view {
+                let state = container.state.unwrap_or(ContainerState::Created);
+                let busy = matches!(
+                    state,
+                    ContainerState::Running | ContainerState::Stopping | ContainerState::Paused
+                );
+                if busy && !msg.force {
+                    return Err(Error::ContainerBusy {
+                        id,
+                        state,
+                        hint: "stop it first (PATCH state=exited) or delete with force=true",
+                    });
+                }
+            }
             let removed = self.graph.delete(id, msg.force)?;
             Ok((view, removed))
         });
@@ -328,5 +343,51 @@ impl Handler<Shutdown> for Registry {
         Box::pin(async move {
             let _ = finished.await;
         })
+    }
+}
+
+impl Handler<StateChanged> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: StateChanged, _: &mut Self::Context) {
+        if let Some(Record::Container(container)) = self.graph.record_mut(msg.id) {
+            container.state = Some(msg.state);
+            if msg.exit_code.is_some() {
+                container.exit_code = msg.exit_code;
+            }
+        }
+    }
+}
+
+/// Moves a container towards a state; answers its view afterwards.
+#[derive(Message)]
+#[rtype(result = "Result<Record, Error>")]
+pub struct SetState {
+    pub selector: Selector,
+    pub state: ContainerState,
+}
+
+impl Handler<SetState> for Registry {
+    type Result = ResponseActFuture<Self, Result<Record, Error>>;
+    fn handle(&mut self, msg: SetState, _: &mut Self::Context) -> Self::Result {
+        let target = self
+            .select(ObjectKind::Container, &msg.selector)
+            .and_then(|id| match self.actors.get(&id) {
+                Some(ObjectAddr::Container(addr)) => Ok((id, addr.clone())),
+                _ => Err(GraphError::NotFound(id).into()),
+            });
+        let (id, addr) = match target {
+            Ok(target) => target,
+            Err(err) => return Box::pin(fut::ready(Err(err))),
+        };
+        let change = async move { addr.send(ChangeState(msg.state)).await };
+        Box::pin(change.into_actor(self).map(move |answer, registry, _| {
+            let state = answer.map_err(|_| Error::ShuttingDown)??;
+            let mut view = record::view(&registry.graph, id).ok_or(GraphError::NotFound(id))?;
+            // The actor's answer is newer than any state change still in the mailbox.
+            if let Record::Container(container) = &mut view {
+                container.state = Some(state);
+            }
+            Ok(view)
+        }))
     }
 }

@@ -16,11 +16,13 @@ use super::actor::{Hold, Ready, Registry, Reserve};
 use super::graph::{ObjectKind, TxnId};
 use super::record::{attach_stub, mount_stub, Record};
 use crate::attach::{self, AttachActor, AttachedDevice};
+use crate::container::actor::{launch_error, ChangeState, ContainerActor, ContainerPlan};
+use crate::container::launch;
 use crate::error::{Error, Origin};
-use crate::model::spec::{AttachDef, BaseDef, Child, MountDef};
+use crate::model::spec::{AttachDef, BaseDef, Child, ContainerDef, MountDef};
 use crate::model::wire::{
-    Attach, AttachKind, AttachLocal, AttachLoopback, Base, Id, Mount, MountAttach, MountBind,
-    MountKind, MountOverlay,
+    Attach, AttachKind, AttachLocal, AttachLoopback, Base, Container, ContainerState, Id, Mount,
+    MountAttach, MountBind, MountKind, MountOverlay,
 };
 use crate::mount::{self, MountActor, MountedFs};
 use crate::resource::ObjectAddr;
@@ -309,6 +311,66 @@ impl Transaction {
                 },
             }),
         }
+    }
+
+    /// A container on its mount; started too when the request asks for `state: running`.
+    pub async fn container(&self, def: ContainerDef) -> Result<Built, Error> {
+        let mount = self.mount(def.mount.clone()).await?;
+        let mut record = Container {
+            name: def.name.clone(),
+            mount: Some(mount_stub(mount.id)),
+            command: Some(def.command.clone()),
+            systemd: def.systemd,
+            state: Some(ContainerState::Created),
+            namespaces: Some(def.namespaces.iter().copied().collect()),
+            stop_signal: Some(def.stop.signal.to_string()),
+            stop_timeout: Some(def.stop.timeout_secs as i64),
+            ..Container::default()
+        };
+        let id = self
+            .reserve(
+                def.name.clone(),
+                Record::Container(record.clone()),
+                &[&mount],
+            )
+            .await?;
+        let logfile = self.config.log_dir.join(format!(
+            "{}-{}.log",
+            def.name.as_deref().unwrap_or("container"),
+            id
+        ));
+        record.logfile = Some(logfile.display().to_string());
+        let rootfs = mountpoint_of(&mount);
+        let argv0 = def.argv[0].clone();
+        let checked_root = rootfs.clone();
+        blocking(move || launch::check_init(&checked_root, &argv0).map_err(launch_error)).await?;
+        let plan = ContainerPlan {
+            rootfs,
+            argv: def.argv.clone(),
+            hostname: def
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("container-{id}")),
+            namespaces: def.namespaces.clone(),
+            systemd: def.systemd,
+            stop: def.stop,
+            logfile,
+        };
+        let actor = ContainerActor::start(id, plan, mount.addr, self.registry.clone().recipient());
+        let built = self
+            .ready(
+                id,
+                Record::Container(record),
+                ObjectAddr::Container(actor.clone()),
+            )
+            .await?;
+        if def.start {
+            actor
+                .send(ChangeState(ContainerState::Running))
+                .await
+                .map_err(mailbox_gone)??;
+        }
+        Ok(built)
     }
 
     async fn start_mount(

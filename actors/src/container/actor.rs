@@ -1,0 +1,385 @@
+//! The actor of one container: launches its init, supervises it and reports every state change
+//! to the registry without being asked.
+
+use std::collections::BTreeSet;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use super::launch::{self, InitConfig, LaunchError};
+use super::process::{ExitStatus, Init};
+use crate::error::{Error, Origin};
+use crate::model::spec::StopPolicy;
+use crate::model::wire::{ContainerState, Id, Namespace};
+use crate::registry::graph::ObjectKind;
+use crate::resource::{ObjectAddr, Release};
+use crate::sys::{errno_of_io, SysError};
+
+const LAUNCH: Origin = Origin::new(ObjectKind::Container, "launch");
+const SIGNAL: Origin = Origin::new(ObjectKind::Container, "signal");
+const FREEZER: Origin = Origin::new(ObjectKind::Container, "freezer");
+
+/// The environment every init gets: enough to find programs, and `container` so that systemd
+/// knows it runs in a container.
+const INIT_ENV: [&str; 4] = [
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "container=imageapi",
+    "HOME=/",
+    "TERM=linux",
+];
+
+/// A container's state changed; sent to the registry.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct StateChanged {
+    pub id: Id,
+    pub state: ContainerState,
+    pub exit_code: Option<i64>,
+}
+
+/// What a container runs, fixed at create.
+pub struct ContainerPlan {
+    pub rootfs: PathBuf,
+    pub argv: Vec<String>,
+    pub hostname: String,
+    pub namespaces: BTreeSet<Namespace>,
+    pub systemd: bool,
+    pub stop: StopPolicy,
+    pub logfile: PathBuf,
+}
+
+pub struct ContainerActor {
+    id: Id,
+    plan: ContainerPlan,
+    state: ContainerState,
+    init: Option<Arc<Init>>,
+    /// Set when the service asked the init to stop, so its exit counts as `exited`.
+    stop_requested: bool,
+    registry: Recipient<StateChanged>,
+    /// The mount the container runs on: kept alive as long as the container is.
+    _mount: ObjectAddr,
+    /// Wakes a Release waiting for the init to be gone.
+    on_exit: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ContainerActor {
+    pub fn start(
+        id: Id,
+        plan: ContainerPlan,
+        mount: ObjectAddr,
+        registry: Recipient<StateChanged>,
+    ) -> Addr<Self> {
+        let actor = ContainerActor {
+            id,
+            plan,
+            state: ContainerState::Created,
+            init: None,
+            stop_requested: false,
+            registry,
+            _mount: mount,
+            on_exit: Vec::new(),
+        };
+        actor.log_line("created");
+        actor.start()
+    }
+
+    /// Appends a lifecycle line to the container's log, next to the init's own output.
+    fn log_line(&self, line: &str) {
+        let written = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.plan.logfile)
+            .and_then(|mut log| writeln!(log, "[imageapi] container {}: {line}", self.id));
+        if let Err(err) = written {
+            warn!(id = self.id, error = %err, "cannot write the container log");
+        }
+    }
+
+    fn set_state(&mut self, state: ContainerState, exit_code: Option<i64>) {
+        self.state = state;
+        self.registry.do_send(StateChanged {
+            id: self.id,
+            state,
+            exit_code,
+        });
+    }
+
+    fn init_config(&self) -> std::io::Result<InitConfig> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.plan.logfile)?;
+        Ok(InitConfig {
+            id: self.id,
+            rootfs: self.plan.rootfs.clone(),
+            argv: self.plan.argv.clone(),
+            env: INIT_ENV.iter().map(|v| v.to_string()).collect(),
+            hostname: self.plan.hostname.clone(),
+            namespaces: self.plan.namespaces.clone(),
+            systemd: self.plan.systemd,
+            log,
+        })
+    }
+
+    fn launch(&mut self) -> ResponseActFuture<Self, Result<ContainerState, Error>> {
+        let config = match self.init_config() {
+            Ok(config) => config,
+            Err(err) => {
+                let source = SysError {
+                    op: format!("open {}", self.plan.logfile.display()),
+                    errno: errno_of_io(&err),
+                };
+                return Box::pin(fut::ready(Err(Error::Kernel {
+                    origin: LAUNCH,
+                    source,
+                })));
+            }
+        };
+        let launched = actix_rt::task::spawn_blocking(move || launch::launch(config));
+        Box::pin(launched.into_actor(self).map(|joined, actor, ctx| {
+            let launched = joined.unwrap_or_else(|_| {
+                Err(LaunchError::Invalid(
+                    "the service is shutting down".to_string(),
+                ))
+            });
+            match launched {
+                Ok(init) => {
+                    let init = Arc::new(init);
+                    actor.log_line(&format!(
+                        "started {:?} as pid {}",
+                        actor.plan.argv,
+                        init.pid()
+                    ));
+                    info!(id = actor.id, pid = init.pid(), "container running");
+                    actor.init = Some(init.clone());
+                    actor.stop_requested = false;
+                    actor.set_state(ContainerState::Running, None);
+                    ctx.spawn(
+                        async move { init.wait().await }
+                            .into_actor(actor)
+                            .map(|status, actor, _| actor.exited(status)),
+                    );
+                    Ok(ContainerState::Running)
+                }
+                Err(err) => {
+                    actor.log_line(&format!("failed to start: {err}"));
+                    actor.set_state(ContainerState::Dead, None);
+                    Err(launch_error(err))
+                }
+            }
+        }))
+    }
+
+    fn exited(&mut self, status: std::io::Result<ExitStatus>) {
+        let status = status.unwrap_or_else(|err| {
+            // Only a broken pidfd gets here; the init is gone from the service's point of view.
+            warn!(id = self.id, error = %err, "cannot wait for the init");
+            ExitStatus::Signaled(libc::SIGKILL)
+        });
+        let (state, code, text) = match status {
+            ExitStatus::Exited(0) => (
+                ContainerState::Exited,
+                0,
+                "exited with status 0".to_string(),
+            ),
+            ExitStatus::Exited(code) if self.stop_requested => (
+                ContainerState::Exited,
+                code as i64,
+                format!("stopped, exit status {code}"),
+            ),
+            ExitStatus::Exited(code) => (
+                ContainerState::Dead,
+                code as i64,
+                format!("exited with status {code}"),
+            ),
+            ExitStatus::Signaled(signal) if self.stop_requested => (
+                ContainerState::Exited,
+                128 + signal as i64,
+                format!("stopped by signal {signal}"),
+            ),
+            ExitStatus::Signaled(signal) => (
+                ContainerState::Dead,
+                128 + signal as i64,
+                format!("killed by signal {signal}"),
+            ),
+        };
+        self.init = None;
+        // The container counts as exited only once what it wrote is on disk.
+        if let Ok(root) = std::fs::File::open(&self.plan.rootfs) {
+            let _ = nix::unistd::syncfs(&root);
+        }
+        self.log_line(text.as_str());
+        info!(
+            id = self.id,
+            state = state.as_str(),
+            code,
+            "container init ended"
+        );
+        self.set_state(state, Some(code));
+        for waiter in self.on_exit.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
+    fn signal(&self, signal: i32) -> Result<(), Error> {
+        match &self.init {
+            Some(init) => init
+                .signal(signal)
+                .map_err(|err| Error::rejected(SIGNAL, err.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    fn request_stop(&mut self, ctx: &mut Context<Self>) -> Result<(), Error> {
+        self.stop_requested = true;
+        self.log_line(&format!(
+            "stop requested (signal {})",
+            self.plan.stop.signal
+        ));
+        if self.state == ContainerState::Paused {
+            self.signal(self.plan.stop.signal)?;
+            self.thaw()?;
+        } else {
+            self.signal(self.plan.stop.signal)?;
+        }
+        self.set_state(ContainerState::Stopping, None);
+        if self.plan.stop.signal != libc::SIGKILL {
+            ctx.run_later(
+                Duration::from_secs(self.plan.stop.timeout_secs),
+                |actor, _| {
+                    if actor.init.is_some() && actor.state == ContainerState::Stopping {
+                        actor.log_line("stop timed out: killing");
+                        let _ = actor.signal(libc::SIGKILL);
+                    }
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn freeze(&self) -> Result<(), Error> {
+        match &self.init {
+            Some(init) => init
+                .freeze()
+                .map_err(|err| Error::rejected(FREEZER, err.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    fn thaw(&self) -> Result<(), Error> {
+        match &self.init {
+            Some(init) => init
+                .thaw()
+                .map_err(|err| Error::rejected(FREEZER, err.to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A launch failure: the client's fault (422) or the kernel's (500, with the errno).
+pub fn launch_error(err: LaunchError) -> Error {
+    if err.is_rejection() {
+        return Error::rejected(LAUNCH, err.to_string());
+    }
+    let errno = std::error::Error::source(&err)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .map(errno_of_io)
+        .unwrap_or(nix::errno::Errno::EIO);
+    Error::Kernel {
+        origin: LAUNCH,
+        source: SysError {
+            op: err.to_string(),
+            errno,
+        },
+    }
+}
+
+impl Actor for ContainerActor {
+    type Context = Context<Self>;
+}
+
+/// Moves the container towards a state (`PATCH state=`); answers the state it is in afterwards.
+#[derive(Message)]
+#[rtype(result = "Result<ContainerState, Error>")]
+pub struct ChangeState(pub ContainerState);
+
+impl Handler<ChangeState> for ContainerActor {
+    type Result = ResponseActFuture<Self, Result<ContainerState, Error>>;
+
+    fn handle(
+        &mut self,
+        ChangeState(wanted): ChangeState,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
+        use ContainerState::*;
+        let busy =
+            |id, state, hint| Box::pin(fut::ready(Err(Error::ContainerBusy { id, state, hint })));
+        let done = |result: Result<ContainerState, Error>| -> Self::Result {
+            Box::pin(fut::ready(result))
+        };
+        match (self.state, wanted) {
+            (current, wanted) if current == wanted => done(Ok(current)),
+            (Created | Exited | Dead, Running) => self.launch(),
+            (Paused, Running) => {
+                let thawed = self.thaw().map(|()| {
+                    self.log_line("resumed");
+                    self.set_state(Running, None);
+                    Running
+                });
+                done(thawed)
+            }
+            (Running | Paused, Exited) => done(self.request_stop(ctx).map(|()| Stopping)),
+            (Stopping | Dead, Exited) => done(Ok(self.state)),
+            (Running, Paused) => {
+                let frozen = self.freeze().map(|()| {
+                    self.log_line("paused");
+                    self.set_state(Paused, None);
+                    Paused
+                });
+                done(frozen)
+            }
+            (Stopping, _) => busy(self.id, self.state, "wait until it has exited"),
+            (current, _) => busy(
+                self.id,
+                current,
+                "that change is not possible from this state",
+            ),
+        }
+    }
+}
+
+impl Handler<Release> for ContainerActor {
+    type Result = ResponseActFuture<Self, Result<(), Error>>;
+
+    fn handle(&mut self, _: Release, _: &mut Self::Context) -> Self::Result {
+        let gone = if self.init.is_some() {
+            let (notify, exited) = tokio::sync::oneshot::channel();
+            self.on_exit.push(notify);
+            self.stop_requested = true;
+            let _ = self.signal(libc::SIGKILL);
+            // A frozen task only dies once thawed.
+            let _ = self.thaw();
+            Some(exited)
+        } else {
+            None
+        };
+        Box::pin(
+            async move {
+                if let Some(exited) = gone {
+                    let _ = exited.await;
+                }
+            }
+            .into_actor(self)
+            .map(|(), actor, ctx| {
+                actor.log_line("deleted");
+                ctx.stop();
+                Ok(())
+            }),
+        )
+    }
+}

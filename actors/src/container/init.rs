@@ -1,0 +1,147 @@
+//! The container init: the service binary re-executed by [`super::launch()`] as PID 1 of the new
+//! namespaces. It is single-threaded and owns nothing of the service, so unlike the clone child
+//! it may allocate and take its time: it reads its spec, joins a cgroup namespace, builds the
+//! root (see the `rootfs` module), sets the host name, and executes the payload in its place.
+//! Any failure is reported to the service (see the `spec` module) and ends it with code 127.
+
+use std::convert::Infallible;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::FromRawFd;
+
+use nix::errno::Errno;
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::unistd::{execve, sethostname};
+use rustix::fs::Mode;
+use rustix::process::umask;
+
+use super::rootfs;
+use super::spec::{
+    InitSpec, Report, Step, FAILED_EXIT_CODE, INIT_MARKER, REPORT_FD, SEARCH_PATH, SPEC_FD,
+};
+
+/// Call it first thing in the service's `main`, before any thread or runtime starts: when the
+/// process was started as a container init (`argv[1]` is the private marker), it builds the
+/// container and executes the payload, and never returns. Otherwise it returns at once.
+pub fn run_if_init() {
+    if std::env::args_os().nth(1).as_deref() != Some(OsStr::new(INIT_MARKER)) {
+        return;
+    }
+    let report = match run() {
+        Ok(never) => match never {},
+        Err(report) => report,
+    };
+    report.send(REPORT_FD);
+    std::process::exit(FAILED_EXIT_CODE);
+}
+
+fn run() -> Result<Infallible, Report> {
+    // Only descriptors 0 to REPORT_FD were handed over; anything above leaked from the service
+    // without close-on-exec and must not reach the container.
+    // SAFETY: nothing in this process owns a descriptor above REPORT_FD: the init has opened
+    // nothing yet.
+    unsafe { libc::close_range(REPORT_FD as u32 + 1, u32::MAX, 0) };
+    let spec = read_spec()?;
+    // End of file on the report pipe is how the service learns that the payload runs.
+    rustix::io::fcntl_setfd(borrowed(REPORT_FD), rustix::io::FdFlags::CLOEXEC)
+        .step(|| "set up the report pipe".into())?;
+    if spec.cgroup_namespace {
+        // The service has put this process in its cgroups: the namespace is rooted there.
+        unshare(CloneFlags::CLONE_NEWCGROUP).step(|| "enter a cgroup namespace".into())?;
+    }
+    // Device nodes and mount points get exactly the modes asked for.
+    let umask_before = umask(Mode::empty());
+    rootfs::prepare(&spec)?;
+    if let Some(hostname) = &spec.hostname {
+        sethostname(hostname).step(|| format!("set the host name to {hostname}"))?;
+    }
+    umask(umask_before);
+    reset_signals()?;
+    execute(&spec)
+}
+
+/// Reads the spec from [`SPEC_FD`] and closes it.
+fn read_spec() -> Result<InitSpec, Report> {
+    // SAFETY: the clone child put the spec memfd on SPEC_FD for this process, and nothing else
+    // owns that descriptor.
+    let mut file = unsafe { File::from_raw_fd(SPEC_FD) };
+    let mut json = Vec::new();
+    file.read_to_end(&mut json)
+        .step(|| "read the container spec".into())?;
+    serde_json::from_slice(&json).step(|| "parse the container spec".into())
+}
+
+/// A borrowed view of a descriptor this process was handed at a fixed number.
+fn borrowed(fd: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: used only for REPORT_FD, which stays open until the payload is executed (and the
+    // process image with it is gone).
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// Gives the payload default signal handling: the service blocked every signal around the
+/// clone, and the Rust runtime of this binary ignores SIGPIPE, which exec would pass on.
+fn reset_signals() -> Result<(), Report> {
+    for signal in 1..=libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL installs no handler. Numbers the C library reserves for itself are
+        // refused with EINVAL, which is fine to ignore.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .step(|| "unblock signals".into())
+}
+
+/// Executes the payload in place of the init. A name without `/` is looked for in
+/// [`SEARCH_PATH`], like `execvp` does.
+fn execute(spec: &InitSpec) -> Result<Infallible, Report> {
+    let cstrings = |strings: &[String]| -> Result<Vec<CString>, Report> {
+        strings
+            .iter()
+            .map(|s| CString::new(s.as_str()).map_err(|e| Report::rejection("pass the command", e)))
+            .collect()
+    };
+    let argv = cstrings(&spec.argv)?;
+    let env = cstrings(&spec.env)?;
+    let name = spec.argv[0].as_str();
+    let candidates: Vec<String> = if name.contains('/') {
+        vec![name.to_owned()]
+    } else {
+        SEARCH_PATH
+            .iter()
+            .map(|dir| format!("{dir}/{name}"))
+            .collect()
+    };
+    let mut refused = Errno::ENOENT;
+    for candidate in candidates {
+        let path = CString::new(candidate).map_err(|e| Report::rejection("pass the command", e))?;
+        match execve(&path, &argv, &env) {
+            Err(Errno::ENOENT | Errno::ENOTDIR) => {}
+            Err(Errno::EACCES) => refused = Errno::EACCES,
+            Err(error) => return Err(exec_failure(name, error)),
+            Ok(never) => match never {},
+        }
+    }
+    Err(exec_failure(name, refused))
+}
+
+/// Whether the image is to blame for a failed exec (missing file, interpreter or permission,
+/// unknown format), rather than the kernel.
+fn exec_failure(name: &str, error: Errno) -> Report {
+    let step = format!("execute {name}");
+    match error {
+        Errno::ENOENT
+        | Errno::ENOTDIR
+        | Errno::EACCES
+        | Errno::ENOEXEC
+        | Errno::ELOOP
+        | Errno::EISDIR
+        | Errno::ENAMETOOLONG
+        | Errno::ELIBBAD
+        | Errno::E2BIG => Report::rejection(step, error),
+        _ => Report::kernel(step, error),
+    }
+}

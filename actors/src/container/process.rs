@@ -1,0 +1,203 @@
+//! A running container init, supervised through its pidfd.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+
+use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions, WaitIdStatus};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::cgroup::{Cgroup, CgroupError};
+use super::clone::Child;
+use super::reaper;
+
+/// How an init ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal of this number killed it.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// Whether it exited with code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Exited(0)
+    }
+
+    fn from_wait(status: WaitIdStatus) -> io::Result<ExitStatus> {
+        if let Some(code) = status.exit_status() {
+            return Ok(ExitStatus::Exited(code));
+        }
+        status
+            .terminating_signal()
+            .map(ExitStatus::Signaled)
+            .ok_or_else(|| io::Error::other(format!("unexpected wait status {status:?}")))
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Exited(code) => write!(f, "exited with code {code}"),
+            ExitStatus::Signaled(signal) => write!(f, "killed by signal {signal}"),
+        }
+    }
+}
+
+/// A container init started by [`super::launch()`]: PID 1 of its namespaces, a direct child of
+/// the service. All methods take `&self`, so one task may [`wait`](Init::wait) while others
+/// signal or freeze it (share it in an `Arc`).
+///
+/// Dropping an `Init` that has not been reaped kills the container (SIGKILL) and leaves the
+/// reaping and the cgroup removal to the reaper.
+#[derive(Debug)]
+pub struct Init {
+    id: i64,
+    pid: i32,
+    pidfd: OwnedFd,
+    start_time: u64,
+    cgroup: Cgroup,
+    /// Set once reaped: the status can be collected only once from the kernel.
+    status: Mutex<Option<ExitStatus>>,
+}
+
+impl Init {
+    pub(crate) fn new(id: i64, child: Child, start_time: u64, cgroup: Cgroup) -> Init {
+        Init {
+            id,
+            pid: child.pid,
+            pidfd: child.pidfd,
+            start_time,
+            cgroup,
+            status: Mutex::new(None),
+        }
+    }
+
+    /// The container id.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// The init's pid in the service's pid namespace.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// When the init started, in clock ticks after boot (`/proc/<pid>/stat` field 22): with the
+    /// pid, it identifies the process across pid reuse.
+    pub fn start_time(&self) -> u64 {
+        self.start_time
+    }
+
+    /// The container's cgroups.
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
+    }
+
+    /// Sends signal number `signal` to the init through its pidfd (so never to a recycled pid).
+    /// Real-time signals are fine: systemd stops on SIGRTMIN+3. An init only receives the
+    /// signals it has a handler for, SIGKILL aside (pid_namespaces(7)).
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        let named = Signal::from_named_raw(signal);
+        let signal = match named {
+            Some(signal) => signal,
+            None if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal) => {
+                // SAFETY: the number is in the real-time range the C library leaves to
+                // applications, so it is a valid signal and not one libc reserves.
+                unsafe { Signal::from_raw_unchecked(signal) }
+            }
+            None => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        Ok(pidfd_send_signal(&self.pidfd, signal)?)
+    }
+
+    /// Kills the container: SIGKILL to the init (the kernel then kills the whole pid namespace),
+    /// and a thaw, since v1-frozen tasks cannot die until thawed.
+    pub fn kill(&self) -> io::Result<()> {
+        self.signal(libc::SIGKILL)?;
+        if let Err(error) = self.cgroup.thaw() {
+            tracing::warn!(id = self.id, %error, "cannot thaw a killed container");
+        }
+        Ok(())
+    }
+
+    /// Freezes every process of the container (see [`Cgroup::freeze`]).
+    pub fn freeze(&self) -> Result<(), CgroupError> {
+        self.cgroup.freeze()
+    }
+
+    /// Thaws the container.
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        self.cgroup.thaw()
+    }
+
+    /// Waits until the init exits, reaps it and removes the container's cgroups. Sleeps on the
+    /// pidfd in the tokio reactor (no polling); must run inside a tokio runtime with I/O
+    /// enabled. Later calls return the same status.
+    pub async fn wait(&self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        let pidfd = self.pidfd.try_clone()?;
+        // SAFETY: the AsyncFd owns this duplicate, which stays open and refers to the same
+        // pidfd until the AsyncFd is dropped.
+        let exited = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+            .map_err(|error| error.into_parts().1)?;
+        loop {
+            // A pidfd becomes readable when its process exits.
+            let mut ready = exited.readable().await?;
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            ready.clear_ready();
+        }
+    }
+
+    /// Reaps the init if it has exited, removing the container's cgroups; `None` while it runs.
+    pub fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
+        let mut reaped = self
+            .status
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if reaped.is_some() {
+            return Ok(*reaped);
+        }
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+        let raw = reaper::reap_supervised(self.pid, || {
+            Ok(waitid(WaitId::PidFd(self.pidfd.as_fd()), options)?)
+        })?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let status = ExitStatus::from_wait(raw)?;
+        *reaped = Some(status);
+        // The kernel empties a pid namespace before it reports its init exited: the cgroups
+        // hold nothing any more.
+        if let Err(error) = self.cgroup.remove() {
+            tracing::warn!(id = self.id, %error, "cannot remove the container's cgroups");
+        }
+        Ok(Some(status))
+    }
+}
+
+impl Drop for Init {
+    fn drop(&mut self) {
+        let status = self.status.get_mut();
+        let reaped = status
+            .unwrap_or_else(|poison| poison.into_inner())
+            .is_some();
+        if reaped {
+            return;
+        }
+        // Killed first, handed over second: once abandoned, the reaper may remove the cgroups
+        // that kill() still thaws.
+        if let Err(error) = self.kill() {
+            tracing::warn!(id = self.id, %error, "cannot kill a dropped container");
+        }
+        reaper::abandon(self.pid, self.cgroup.clone());
+    }
+}

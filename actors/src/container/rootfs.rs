@@ -1,0 +1,341 @@
+//! Building the container's filesystem view, in the init, inside its new mount namespace:
+//! the image at `/` with `/proc`, `/sys` (read-only), a minimal `/dev` and, for systemd, the
+//! tmpfs and cgroup mounts it expects; then `pivot_root`, so that no host mount is left.
+//!
+//! Paths inside the image are resolved with `openat2(RESOLVE_IN_ROOT)`: a symlink in the image
+//! (`/var/lib -> /somewhere`) is followed inside the image, never onto the host, and mounts go
+//! onto the resolved directory through its `/proc/self/fd` link.
+
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::pivot_root;
+use rustix::fs::{
+    makedev, mkdirat, mknodat, openat, openat2, symlinkat, FileType, Mode, OFlags, ResolveFlags,
+};
+use rustix::io::Errno;
+
+use super::spec::{InitSpec, Report, Step};
+
+/// Size limit of the `/dev` and `/dev/shm` tmpfs.
+const DEV_SIZE: &str = "size=65536k";
+
+/// The device nodes of `/dev`: name, major, minor.
+const DEVICES: [(&str, u32, u32); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// The links of `/dev`: name, target.
+const DEV_LINKS: [(&str, &str); 5] = [
+    ("ptmx", "pts/ptmx"),
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];
+
+/// The tmpfs mounts a systemd container gets: path in the image, mode.
+const SYSTEMD_TMPFS: [(&str, &str); 3] = [
+    ("run", "mode=755"),
+    ("tmp", "mode=1777"),
+    ("var/lib/journal", "mode=755"),
+];
+
+/// Builds the container's mounts from `spec` and makes the image the root. Needs a umask of 0.
+pub(crate) fn prepare(spec: &InitSpec) -> Result<(), Report> {
+    // Slave, not private, as runc does: nothing done here propagates back to the host, and
+    // host unmounts below the image still propagate in.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .step(|| "make / a slave mount".into())?;
+    // pivot_root needs the new root to be a mount point; binding also lets a plain directory
+    // serve as the image.
+    mount(
+        Some(&spec.rootfs),
+        &spec.rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .step(|| format!("bind {} onto itself", spec.rootfs.display()))?;
+    let root = Root::open(&spec.rootfs)?;
+    let no_exec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    root.mount("proc", "proc", no_exec, None)?;
+    mount_sys(&root, spec.user_namespace)?;
+    mount_dev(&root, spec.user_namespace)?;
+    if spec.systemd {
+        mount_systemd(&root)?;
+    }
+    pivot(&root)
+}
+
+/// The image, as the init sees it before the pivot.
+struct Root {
+    fd: OwnedFd,
+}
+
+impl Root {
+    /// Opens the image's root directory (after it was bound onto itself, so the descriptor is
+    /// the bind mount's root).
+    fn open(rootfs: &Path) -> Result<Root, Report> {
+        let fd = rustix::fs::open(rootfs, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+            .step(|| format!("open {}", rootfs.display()))?;
+        Ok(Root { fd })
+    }
+
+    /// Opens directory `path` of the image (relative to its root), creating it and its missing
+    /// parents (mode 0755) inside the image.
+    fn dir(&self, path: &str) -> Result<OwnedFd, Report> {
+        match self.resolve(path) {
+            Err(Errno::NOENT) => {}
+            other => return other.step(|| format!("open /{path}")),
+        }
+        let (parent, name) = match path.rsplit_once('/') {
+            Some((parent, name)) => (self.dir(parent)?, name),
+            None => (self.resolve(".").step(|| "open /".into())?, path),
+        };
+        match mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(error) => return Err(Report::kernel(format!("create /{path}"), error)),
+        }
+        self.resolve(path).step(|| format!("open /{path}"))
+    }
+
+    fn resolve(&self, path: &str) -> rustix::io::Result<OwnedFd> {
+        openat2(
+            &self.fd,
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+    }
+
+    /// Mounts a fresh `fstype` file system on directory `path` of the image.
+    fn mount(
+        &self,
+        path: &str,
+        fstype: &str,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Report> {
+        let target = self.dir(path)?;
+        mount(Some(fstype), &fd_path(&target), Some(fstype), flags, data)
+            .step(|| format!("mount {fstype} on /{path}"))
+    }
+
+    /// Makes the mount at `path` read-only, keeping the flags the kernel may have locked.
+    fn remount_read_only(&self, path: &str, locked: MsFlags) -> Result<(), Report> {
+        // Opened anew: only a lookup made after the mount lands on the mount's root.
+        let target = self.dir(path)?;
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked;
+        mount(
+            None::<&str>,
+            &fd_path(&target),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .step(|| format!("make /{path} read-only"))
+    }
+}
+
+/// The path through which mount(2) reaches the directory open as `fd`.
+fn fd_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Mounts a read-only sysfs on `/sys`. Only the owner of a network namespace may mount sysfs,
+/// so a container with a user namespace but no network namespace of its own gets the host's
+/// `/sys` bound read-only instead (its sub-mounts stay as the host has them).
+fn mount_sys(root: &Root, user_namespace: bool) -> Result<(), Report> {
+    let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    match root.mount("sys", "sysfs", locked | MsFlags::MS_RDONLY, None) {
+        Err(report) if user_namespace && report.errno == libc::EPERM => {
+            let target = root.dir("sys")?;
+            mount(
+                Some("/sys"),
+                &fd_path(&target),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .step(|| "bind the host's /sys on /sys".into())?;
+            root.remount_read_only("sys", locked)
+        }
+        other => other,
+    }
+}
+
+/// Builds `/dev`: a tmpfs with the basic device nodes, a private devpts instance, shm, mqueue
+/// and the usual links.
+fn mount_dev(root: &Root, user_namespace: bool) -> Result<(), Report> {
+    let data = format!("mode=755,{DEV_SIZE}");
+    root.mount(
+        "dev",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some(&data),
+    )?;
+    // The fresh tmpfs holds nothing the image controls, so plain paths below it are safe.
+    let dev = root.dir("dev")?;
+    let dev_path = fd_path(&dev);
+    for (name, major, minor) in DEVICES {
+        make_device(&dev, &dev_path, name, makedev(major, minor), user_namespace)?;
+    }
+    let sub_mounts = [
+        (
+            "pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620,gid=5".to_owned(),
+            0o755,
+        ),
+        (
+            "shm",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            format!("mode=1777,{DEV_SIZE}"),
+            0o1777,
+        ),
+        (
+            "mqueue",
+            "mqueue",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            String::new(),
+            0o755,
+        ),
+    ];
+    for (name, fstype, flags, data, mode) in sub_mounts {
+        mkdirat(&dev, name, Mode::from_raw_mode(mode)).step(|| format!("create /dev/{name}"))?;
+        let mounted = mount(
+            Some(fstype),
+            &dev_path.join(name),
+            Some(fstype),
+            flags,
+            Some(data.as_str()),
+        );
+        match mounted {
+            // Only the owner of an IPC namespace may mount mqueue: a container with a user
+            // namespace but the host's IPC namespace goes without.
+            Err(nix::Error::EPERM) if user_namespace && name == "mqueue" => {}
+            other => other.step(|| format!("mount {fstype} on /dev/{name}"))?,
+        }
+    }
+    for (name, target) in DEV_LINKS {
+        symlinkat(target, &dev, name).step(|| format!("link /dev/{name} to {target}"))?;
+    }
+    Ok(())
+}
+
+/// Makes device node `/dev/<name>`. In a user namespace mknod(2) is refused, so the host's
+/// node is bound onto an empty file instead.
+fn make_device(
+    dev: &OwnedFd,
+    dev_path: &Path,
+    name: &str,
+    number: u64,
+    user_namespace: bool,
+) -> Result<(), Report> {
+    let mode = Mode::from_raw_mode(0o666);
+    match mknodat(dev, name, FileType::CharacterDevice, mode, number) {
+        Err(Errno::PERM) if user_namespace => {
+            let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC;
+            openat(dev.as_fd(), name, flags, mode).step(|| format!("create /dev/{name}"))?;
+            let host = format!("/dev/{name}");
+            mount(
+                Some(host.as_str()),
+                &dev_path.join(name),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .step(|| format!("bind the host's {host}"))
+        }
+        other => other.step(|| format!("create device /dev/{name}")),
+    }
+}
+
+/// The mounts systemd expects in a container: tmpfs on `/run`, `/tmp` and `/var/lib/journal`,
+/// a tmpfs `/sys/fs/cgroup` with the container's own cgroups (hybrid layout, as on the host),
+/// and a read-only `/proc/sys`.
+fn mount_systemd(root: &Root) -> Result<(), Report> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    for (path, mode) in SYSTEMD_TMPFS {
+        root.mount(path, "tmpfs", flags, Some(mode))?;
+    }
+    let no_exec = flags | MsFlags::MS_NOEXEC;
+    root.mount("sys/fs/cgroup", "tmpfs", no_exec, Some("mode=755"))?;
+    let cgroups_dir = root.dir("sys/fs/cgroup")?;
+    let cgroups = fd_path(&cgroups_dir);
+    let membership =
+        fs::read_to_string("/proc/self/cgroup").step(|| "read /proc/self/cgroup".into())?;
+    for line in membership.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(kind), Some(path)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (dir, fstype, data) = match kind {
+            "" => ("unified", "cgroup2", None),
+            "name=systemd" => ("systemd", "cgroup", Some("none,name=systemd")),
+            _ => continue,
+        };
+        let target = cgroups.join(dir);
+        fs::create_dir(&target).step(|| format!("create /sys/fs/cgroup/{dir}"))?;
+        if path == "/" {
+            // Inside a cgroup namespace the mount shows the container's cgroup as its root.
+            mount(Some(fstype), &target, Some(fstype), no_exec, data)
+                .step(|| format!("mount {fstype} on /sys/fs/cgroup/{dir}"))?;
+            continue;
+        }
+        // Without one it shows the whole hierarchy: mount that aside, bind the container's own
+        // subtree in place, and drop the rest, so that no unmount can reveal it.
+        let whole = cgroups.join(format!(".{dir}"));
+        fs::create_dir(&whole).step(|| format!("create /sys/fs/cgroup/.{dir}"))?;
+        mount(Some(fstype), &whole, Some(fstype), no_exec, data)
+            .step(|| format!("mount {fstype} on /sys/fs/cgroup/.{dir}"))?;
+        let own = whole.join(path.trim_start_matches('/'));
+        mount(
+            Some(&own),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .step(|| format!("bind the container's cgroup on /sys/fs/cgroup/{dir}"))?;
+        umount2(&whole, MntFlags::MNT_DETACH).step(|| format!("unmount /sys/fs/cgroup/.{dir}"))?;
+        fs::remove_dir(&whole).step(|| format!("remove /sys/fs/cgroup/.{dir}"))?;
+    }
+    let target = root.dir("proc/sys")?;
+    mount(
+        Some(&fd_path(&target)),
+        &fd_path(&target),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .step(|| "bind /proc/sys onto itself".into())?;
+    root.remount_read_only("proc/sys", no_exec)
+}
+
+/// Makes the image the root and drops the host's mounts: `pivot_root(".", ".")` stacks the old
+/// root on top of the new one, where a lazy unmount of "." removes it (pivot_root(2)).
+fn pivot(root: &Root) -> Result<(), Report> {
+    rustix::process::fchdir(&root.fd).step(|| "enter the new root".into())?;
+    pivot_root(".", ".").step(|| "pivot_root".into())?;
+    umount2(".", MntFlags::MNT_DETACH).step(|| "detach the host's mounts".into())?;
+    rustix::process::chdir("/").step(|| "enter /".into())
+}

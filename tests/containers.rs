@@ -1,0 +1,276 @@
+//! End-to-end tests of `/container` against the real binary and kernel: a busybox image packed
+//! as squashfs, overlaid, and booted as an init in its own namespaces.
+
+mod common;
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Container cgroups are named after the container id, and every test's service counts ids
+/// from 1: two services running containers at once would share cgroups. One at a time.
+static ONE_SERVICE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    ONE_SERVICE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A read-only busybox image with the directories an init mounts on.
+fn busybox_image(svc: &Service, name: &str) -> std::path::PathBuf {
+    squashfs_with(
+        svc.dir(),
+        name,
+        &[
+            ("proc/.keep", ""),
+            ("sys/.keep", ""),
+            ("dev/.keep", ""),
+            ("tmp/.keep", ""),
+        ],
+    )
+}
+
+fn busybox_overlay(svc: &Service, name: &str) -> Value {
+    overlay(vec![squashfs_mount(&busybox_image(svc, name))])
+}
+
+fn container(name: &str, command: &str, mount: Value, running: bool) -> Value {
+    json!({
+        "name": name,
+        "command": command,
+        "mount": mount,
+        "state": if running { "running" } else { "created" },
+    })
+}
+
+fn state_of(svc: &Service, name: &str) -> String {
+    let found = svc.get(&format!("/container?name={name}"));
+    assert_eq!(found.status, 200, "{found}");
+    found.json()[0]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn wait_for_state(svc: &Service, name: &str, state: &str) {
+    let reached = wait_for(Duration::from_secs(10), || state_of(svc, name) == state);
+    assert!(
+        reached,
+        "container {name} never reached {state}: it is {}",
+        state_of(svc, name)
+    );
+}
+
+fn log_of(created: &Value) -> String {
+    std::fs::read_to_string(str_of(created, "/logfile")).unwrap_or_default()
+}
+
+#[test]
+fn init_is_pid_1_with_its_own_hostname_and_only_the_image_at_root() {
+    let _serial = serial();
+    let svc = Service::start();
+    let mount = busybox_overlay(&svc, "pid1");
+    let created = svc.create(
+        "container",
+        &container(
+            "web-01",
+            "/bin/sh -c 'echo pid=$$; /bin/busybox hostname; /bin/busybox ls /; exit 0'",
+            mount,
+            true,
+        ),
+    );
+    assert_eq!(created["state"], "running");
+    wait_for_state(&svc, "web-01", "exited");
+    let log = log_of(&created);
+    assert!(log.contains("pid=1"), "{log}");
+    assert!(log.contains("web-01"), "{log}");
+    assert!(log.contains("hello.txt"), "only the image is at /: {log}");
+    assert!(
+        !log.contains("vmlinuz") && !log.contains("home"),
+        "host root leaked: {log}"
+    );
+    assert!(
+        log.contains("created") && log.contains("started") && log.contains("exited"),
+        "{log}"
+    );
+    assert_eq!(svc.get("/container?name=web-01").json()[0]["exit_code"], 0);
+    svc.remove("container", id_of(&created));
+    svc.assert_empty();
+}
+
+#[test]
+fn exit_codes_map_to_states() {
+    let _serial = serial();
+    let svc = Service::start();
+    let image = busybox_image(&svc, "codes");
+    let mount = svc.create("mount", &squashfs_mount(&image));
+    let failing = svc.create(
+        "container",
+        &container("fails", "/bin/sh -c 'exit 3'", by_id(id_of(&mount)), true),
+    );
+    wait_for_state(&svc, "fails", "dead");
+    assert_eq!(svc.get("/container?name=fails").json()[0]["exit_code"], 3);
+    // A container that exited starts again: a fresh init on the same mount.
+    let again = svc.request("PATCH", "/container?name=fails&state=running", None);
+    assert_eq!(again.status, 200, "{again}");
+    wait_for_state(&svc, "fails", "dead");
+    svc.remove("container", id_of(&failing));
+    // The mount was only referenced: it stays, with its own ref.
+    assert_eq!(svc.refs("mount", id_of(&mount)), 1);
+    svc.remove("mount", id_of(&mount));
+    svc.assert_empty();
+}
+
+#[test]
+fn stop_pause_resume_and_delete_rules() {
+    let _serial = serial();
+    let svc = Service::start();
+    let mount = busybox_overlay(&svc, "life");
+    let created = svc.create(
+        "container",
+        &container("sleeper", "/bin/busybox sleep 1000", mount, false),
+    );
+    assert_eq!(created["state"], "created");
+    let started = svc.request("PATCH", "/container?name=sleeper&state=running", None);
+    assert_eq!(started.json()["state"], "running", "{started}");
+    let paused = svc.request("PATCH", "/container?name=sleeper&state=paused", None);
+    assert_eq!(paused.json()["state"], "paused", "{paused}");
+    assert_eq!(state_of(&svc, "sleeper"), "paused");
+    assert_error(&svc.delete("/container?name=sleeper"), 409);
+    let resumed = svc.request("PATCH", "/container?name=sleeper&state=running", None);
+    assert_eq!(resumed.json()["state"], "running", "{resumed}");
+    assert_error(&svc.delete("/container?name=sleeper"), 409);
+    let stopping = svc.request("PATCH", "/container?name=sleeper&state=exited", None);
+    assert_eq!(stopping.status, 200, "{stopping}");
+    wait_for_state(&svc, "sleeper", "exited");
+    let deleted = svc.delete("/container?name=sleeper");
+    assert_eq!(deleted.status, 200, "{deleted}");
+    svc.assert_empty();
+}
+
+#[test]
+fn forced_delete_kills_a_running_container_and_collects_its_mounts() {
+    let _serial = serial();
+    let svc = Service::start();
+    let mount = busybox_overlay(&svc, "force");
+    svc.create(
+        "container",
+        &container("victim", "/bin/busybox sleep 1000", mount, true),
+    );
+    let forced = svc.delete("/container?name=victim&force=true");
+    assert_eq!(forced.status, 200, "{forced}");
+    svc.assert_empty();
+}
+
+#[test]
+fn names_are_unique_and_bad_requests_roll_back() {
+    let _serial = serial();
+    let svc = Service::start();
+    let image = busybox_image(&svc, "names");
+    let first = svc.create(
+        "container",
+        &container(
+            "twin",
+            "/bin/busybox sleep 1000",
+            squashfs_mount(&image),
+            false,
+        ),
+    );
+    let second = svc.post(
+        "/container",
+        &container(
+            "twin",
+            "/bin/busybox sleep 1000",
+            squashfs_mount(&image),
+            false,
+        ),
+    );
+    assert_error(&second, 409);
+    // An init that is not in the image: 422 with the reason, and nothing of it is left.
+    let missing = svc.post(
+        "/container",
+        &container("ghost", "/bin/nope", squashfs_mount(&image), true),
+    );
+    let body = assert_nested_failure(&missing, "container", Some("launch"));
+    assert!(str_of(&body, "/message").contains("/bin/nope"), "{body}");
+    assert_eq!(
+        svc.list("/mount").len(),
+        1,
+        "only the first container's mount is left"
+    );
+    assert_invalid(
+        &svc.post(
+            "/container",
+            &json!({"name": "bad name", "command": "x", "mount": by_id(1)}),
+        ),
+        "name",
+    );
+    assert_invalid(
+        &svc.post(
+            "/container",
+            &json!({"command": "/bin/sh -c 'unbalanced", "mount": by_id(1)}),
+        ),
+        "command",
+    );
+    assert_error(&svc.get("/container?name=nobody"), 404);
+    svc.remove("container", id_of(&first));
+    svc.assert_empty();
+}
+
+#[test]
+fn twenty_containers_at_once_leave_no_zombie() {
+    let _serial = serial();
+    let svc = Service::start();
+    let image = busybox_image(&svc, "many");
+    let mount = svc.create("mount", &squashfs_mount(&image));
+    let ids: Vec<i64> = (0..20)
+        .map(|i| {
+            let created = svc.create(
+                "container",
+                &container(
+                    &format!("c{i}"),
+                    "/bin/sh -c 'exit 0'",
+                    by_id(id_of(&mount)),
+                    true,
+                ),
+            );
+            id_of(&created)
+        })
+        .collect();
+    let all_exited = wait_for(Duration::from_secs(20), || {
+        svc.get("/container?state=exited")
+            .json()
+            .as_array()
+            .map(Vec::len)
+            == Some(20)
+    });
+    assert!(all_exited, "{}", svc.get("/container"));
+    let children =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", svc.pid(), svc.pid()))
+            .unwrap_or_default();
+    for child in children.split_whitespace() {
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        assert!(!stat.contains(") Z "), "zombie child {child}: {stat}");
+    }
+    for id in ids {
+        svc.remove("container", id);
+    }
+    svc.remove("mount", id_of(&mount));
+    svc.assert_empty();
+}
+
+#[test]
+fn sigterm_stops_containers_before_releasing_mounts() {
+    let _serial = serial();
+    let mut svc = Service::start();
+    let mount = busybox_overlay(&svc, "term");
+    svc.create(
+        "container",
+        &container("longrun", "/bin/busybox sleep 1000", mount, true),
+    );
+    svc.stop_ok();
+    assert_no_leaks(svc.dir());
+}
