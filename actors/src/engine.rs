@@ -41,11 +41,14 @@ fn mailbox_gone(_: MailboxError) -> Error {
 }
 
 impl Engine {
-    /// Makes the service's directories and starts the registry on an arbiter of its own.
+    /// Makes the service's directories, becomes a child subreaper and starts the registry on an
+    /// arbiter of its own.
     /// Must be called inside an actix system.
     pub fn start(config: EngineConfig) -> std::io::Result<Engine> {
         std::fs::create_dir_all(&config.mount_dir)?;
         std::fs::create_dir_all(&config.log_dir)?;
+        // Orphans re-parented to the service are reaped from the start, not from the first container.
+        crate::container::start_reaper().map_err(std::io::Error::other)?;
         let arbiter = Arbiter::new().handle();
         let registry = Registry::start_in_arbiter(&arbiter, |_| Registry::new());
         info!(mount_dir = %config.mount_dir.display(), log_dir = %config.log_dir.display(), "engine started");

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 
 use crate::error::Error;
 use crate::model::wire::Id;
+use crate::registry::build::off_event_loop;
 
 /// A kernel resource (loop device, mounted filesystem) that must be given back explicitly.
 pub trait KernelResource: Send + Unpin + 'static {
@@ -63,9 +64,9 @@ impl<R: KernelResource> Handler<Release> for ResourceActor<R> {
         let id = self.id;
         let release = async move {
             match resource {
-                Some(resource) => actix_rt::task::spawn_blocking(move || resource.release())
+                Some(resource) => off_event_loop(move || resource.release())
                     .await
-                    .unwrap_or(Ok(())),
+                    .unwrap_or(Err(Error::ShuttingDown)),
                 None => Ok(()),
             }
         };

@@ -14,8 +14,9 @@ use tracing::{info, warn};
 use super::launch::{self, InitConfig, LaunchError};
 use super::process::{ExitStatus, Init};
 use crate::error::{Error, Origin};
-use crate::model::spec::StopPolicy;
+use crate::model::spec::{signal_name, StopPolicy};
 use crate::model::wire::{ContainerState, Id, Namespace};
+use crate::registry::build::off_event_loop;
 use crate::registry::graph::ObjectKind;
 use crate::resource::{ObjectAddr, Release};
 use crate::sys::{errno_of_io, SysError};
@@ -58,6 +59,8 @@ pub struct ContainerActor {
     plan: ContainerPlan,
     state: ContainerState,
     init: Option<Arc<Init>>,
+    /// How many inits this container has started: tells a stop timer which init it belongs to.
+    launches: u64,
     /// Set when the service asked the init to stop, so its exit counts as `exited`.
     stop_requested: bool,
     registry: Recipient<StateChanged>,
@@ -79,6 +82,7 @@ impl ContainerActor {
             plan,
             state: ContainerState::Created,
             init: None,
+            launches: 0,
             stop_requested: false,
             registry,
             _mount: mount,
@@ -140,13 +144,11 @@ impl ContainerActor {
                 })));
             }
         };
-        let launched = actix_rt::task::spawn_blocking(move || launch::launch(config));
+        let launched = off_event_loop(move || launch::launch(config));
         Box::pin(launched.into_actor(self).map(|joined, actor, ctx| {
-            let launched = joined.unwrap_or_else(|_| {
-                Err(LaunchError::Invalid(
-                    "the service is shutting down".to_string(),
-                ))
-            });
+            let Some(launched) = joined else {
+                return Err(Error::ShuttingDown);
+            };
             match launched {
                 Ok(init) => {
                     let init = Arc::new(init);
@@ -159,8 +161,21 @@ impl ContainerActor {
                     actor.init = Some(init.clone());
                     actor.stop_requested = false;
                     actor.set_state(ContainerState::Running, None);
+                    actor.launches += 1;
+                    let rootfs = actor.plan.rootfs.clone();
+                    let ended = async move {
+                        let status = init.wait().await;
+                        // The container counts as exited only once what it wrote is on disk.
+                        off_event_loop(move || {
+                            if let Ok(root) = std::fs::File::open(&rootfs) {
+                                let _ = nix::unistd::syncfs(&root);
+                            }
+                        })
+                        .await;
+                        status
+                    };
                     ctx.spawn(
-                        async move { init.wait().await }
+                        ended
                             .into_actor(actor)
                             .map(|status, actor, _| actor.exited(status)),
                     );
@@ -209,10 +224,6 @@ impl ContainerActor {
             ),
         };
         self.init = None;
-        // The container counts as exited only once what it wrote is on disk.
-        if let Ok(root) = std::fs::File::open(&self.plan.rootfs) {
-            let _ = nix::unistd::syncfs(&root);
-        }
         self.log_line(text.as_str());
         info!(
             id = self.id,
@@ -238,21 +249,23 @@ impl ContainerActor {
     fn request_stop(&mut self, ctx: &mut Context<Self>) -> Result<(), Error> {
         self.stop_requested = true;
         self.log_line(&format!(
-            "stop requested (signal {})",
-            self.plan.stop.signal
+            "stop requested ({})",
+            signal_name(self.plan.stop.signal)
         ));
+        self.signal(self.plan.stop.signal)?;
         if self.state == ContainerState::Paused {
-            self.signal(self.plan.stop.signal)?;
+            // A frozen init only gets the signal once thawed.
             self.thaw()?;
-        } else {
-            self.signal(self.plan.stop.signal)?;
         }
         self.set_state(ContainerState::Stopping, None);
         if self.plan.stop.signal != libc::SIGKILL {
+            let launch = self.launches;
             ctx.run_later(
                 Duration::from_secs(self.plan.stop.timeout_secs),
-                |actor, _| {
-                    if actor.init.is_some() && actor.state == ContainerState::Stopping {
+                move |actor, _| {
+                    // Only the init this stop was meant for: not one started after it exited.
+                    let same_init = actor.launches == launch && actor.init.is_some();
+                    if same_init && actor.state == ContainerState::Stopping {
                         actor.log_line("stop timed out: killing");
                         let _ = actor.signal(libc::SIGKILL);
                     }

@@ -490,6 +490,19 @@ pub fn parse_signal(value: &str) -> Option<i32> {
     Some(signal as i32)
 }
 
+/// The name of a signal number as [`parse_signal`] reads it back (`SIGKILL`, `SIGRTMIN+3`).
+pub fn signal_name(number: i32) -> String {
+    if number >= libc_sigrtmin() {
+        return match number - libc_sigrtmin() {
+            0 => "SIGRTMIN".to_string(),
+            offset => format!("SIGRTMIN+{offset}"),
+        };
+    }
+    nix::sys::signal::Signal::try_from(number)
+        .map(|signal| signal.as_str().to_string())
+        .unwrap_or_else(|_| number.to_string())
+}
+
 fn libc_sigrtmin() -> i32 {
     libc::SIGRTMIN()
 }
@@ -634,6 +647,14 @@ mod tests {
         assert_eq!(parse_signal("SIGRTMIN+3"), Some(libc::SIGRTMIN() + 3));
         assert_eq!(parse_signal("SIGNOPE"), None);
         assert_eq!(parse_signal("0"), None);
+        for number in [
+            libc::SIGTERM,
+            libc::SIGKILL,
+            libc::SIGRTMIN(),
+            libc::SIGRTMIN() + 3,
+        ] {
+            assert_eq!(parse_signal(&signal_name(number)), Some(number));
+        }
     }
 
     #[test]

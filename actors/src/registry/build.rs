@@ -13,13 +13,13 @@ use futures::FutureExt;
 use tracing::{debug, info};
 
 use super::actor::{Hold, Ready, Registry, Reserve};
-use super::graph::{ObjectKind, TxnId};
+use super::graph::{GraphError, ObjectKind, TxnId};
 use super::record::{attach_stub, mount_stub, Record};
 use crate::attach::{self, AttachActor, AttachedDevice};
 use crate::container::actor::{launch_error, ChangeState, ContainerActor, ContainerPlan};
 use crate::container::launch;
 use crate::error::{Error, Origin};
-use crate::model::spec::{AttachDef, BaseDef, Child, ContainerDef, MountDef};
+use crate::model::spec::{self, AttachDef, BaseDef, Child, ContainerDef, MountDef};
 use crate::model::wire::{
     Attach, AttachKind, AttachLocal, AttachLoopback, Base, Container, ContainerState, Id, Mount,
     MountAttach, MountBind, MountKind, MountOverlay,
@@ -33,6 +33,51 @@ pub(crate) struct Built {
     pub id: Id,
     pub record: Record,
     pub addr: ObjectAddr,
+}
+
+impl Built {
+    /// The mountpoint of a built mount. Every visible or ready mount has one; the error covers a
+    /// record that lost it, which would otherwise mount on a wrong path.
+    fn mountpoint(&self) -> Result<PathBuf, Error> {
+        self.record
+            .mountpoint()
+            .map(PathBuf::from)
+            .ok_or_else(|| GraphError::DependencyGone(self.id).into())
+    }
+
+    /// The device file of a built attachment (see [`Built::mountpoint`]).
+    fn device_file(&self) -> Result<PathBuf, Error> {
+        self.record
+            .device_file()
+            .map(PathBuf::from)
+            .ok_or_else(|| GraphError::DependencyGone(self.id).into())
+    }
+}
+
+/// The base a loopback or bind path is relative to, once resolved: the host's `/`, or a mount.
+struct ResolvedBase(Option<Built>);
+
+impl ResolvedBase {
+    /// The `base` and `mount` fields as the object's record holds them.
+    fn wire(&self) -> (Base, Option<Box<Mount>>) {
+        match &self.0 {
+            None => (Base::Root, None),
+            Some(mount) => (Base::Mount, Some(Box::new(mount_stub(mount.id)))),
+        }
+    }
+
+    fn deps(&self) -> Vec<&Built> {
+        self.0.iter().collect()
+    }
+
+    /// The directory the path starts from; `None` for the host's `/`.
+    fn dir(&self) -> Result<Option<PathBuf>, Error> {
+        self.0.as_ref().map(Built::mountpoint).transpose()
+    }
+
+    fn into_addrs(self) -> Vec<ObjectAddr> {
+        self.0.into_iter().map(|mount| mount.addr).collect()
+    }
 }
 
 /// One create request in progress.
@@ -116,10 +161,13 @@ impl Transaction {
         .boxed()
     }
 
-    async fn base(&self, base: BaseDef) -> Result<Option<Built>, Error> {
+    async fn base(&self, base: BaseDef) -> Result<ResolvedBase, Error> {
         match base {
-            BaseDef::Root => Ok(None),
-            BaseDef::Mount(child) => self.mount(child).await.map(Some),
+            BaseDef::Root => Ok(ResolvedBase(None)),
+            BaseDef::Mount(child) => self
+                .mount(child)
+                .await
+                .map(|mount| ResolvedBase(Some(mount))),
         }
     }
 
@@ -145,38 +193,29 @@ impl Transaction {
                 read_partitions,
             } => {
                 let base = self.base(base).await?;
+                let (base_kind, base_mount) = base.wire();
                 let mut record = Attach {
                     kind: Some(AttachKind::Loopback),
                     loopback: Some(AttachLoopback {
                         path: path.clone(),
-                        base: if base.is_some() {
-                            Base::Mount
-                        } else {
-                            Base::Root
-                        },
-                        mount: base.as_ref().map(|b| Box::new(mount_stub(b.id))),
+                        base: base_kind,
+                        mount: base_mount,
                         read_partitions,
                     }),
                     ..Attach::default()
                 };
-                let deps: Vec<&Built> = base.iter().collect();
                 let id = self
-                    .reserve(None, Record::Attach(record.clone()), &deps)
+                    .reserve(None, Record::Attach(record.clone()), &base.deps())
                     .await?;
-                let base_dir = base.as_ref().map(mountpoint_of);
+                let base_dir = base.dir()?;
                 let device = blocking(move || {
                     attach::attach_loopback(base_dir.as_deref(), &path, read_partitions)
                 })
                 .await?;
                 record.device_file = Some(device.device_file().display().to_string());
                 info!(id, device = ?record.device_file, "loop device attached");
-                self.start_attach(
-                    id,
-                    record,
-                    device,
-                    base.into_iter().map(|b| b.addr).collect(),
-                )
-                .await
+                self.start_attach(id, record, device, base.into_addrs())
+                    .await
             }
             AttachDef::Rbd(_) | AttachDef::Iscsi(_) => Err(Error::Unsupported {
                 origin: Origin::new(ObjectKind::Attach, kind.as_str()),
@@ -221,7 +260,7 @@ impl Transaction {
                 let id = self
                     .reserve(None, Record::Mount(record.clone()), &[&device])
                     .await?;
-                let device_file = PathBuf::from(device.record.device_file().unwrap_or_default());
+                let device_file = device.device_file()?;
                 let mounted = blocking(move || {
                     mount::mount_attach(&mount_dir, &device_file, &fs_type, &options)
                 })
@@ -236,37 +275,28 @@ impl Transaction {
                 read_only,
             } => {
                 let base = self.base(base).await?;
+                let (base_kind, base_mount) = base.wire();
                 let mut record = Mount {
                     kind: Some(MountKind::Bind),
                     bind: Some(MountBind {
                         path: path.clone(),
-                        base: if base.is_some() {
-                            Base::Mount
-                        } else {
-                            Base::Root
-                        },
-                        mount: base.as_ref().map(|b| Box::new(mount_stub(b.id))),
+                        base: base_kind,
+                        mount: base_mount,
                         recursive,
                         ro: read_only,
                     }),
                     ..Mount::default()
                 };
-                let deps: Vec<&Built> = base.iter().collect();
                 let id = self
-                    .reserve(None, Record::Mount(record.clone()), &deps)
+                    .reserve(None, Record::Mount(record.clone()), &base.deps())
                     .await?;
-                let base_dir = base.as_ref().map(mountpoint_of);
+                let base_dir = base.dir()?;
                 let mounted = blocking(move || {
                     mount::mount_bind(&mount_dir, base_dir.as_deref(), &path, recursive, read_only)
                 })
                 .await?;
-                self.start_mount(
-                    id,
-                    &mut record,
-                    mounted,
-                    base.into_iter().map(|b| b.addr).collect(),
-                )
-                .await
+                self.start_mount(id, &mut record, mounted, base.into_addrs())
+                    .await
             }
             MountDef::Overlay { lowers } => {
                 let mut built = Vec::with_capacity(lowers.len());
@@ -286,7 +316,10 @@ impl Transaction {
                 let id = self
                     .reserve(None, Record::Mount(record.clone()), &deps)
                     .await?;
-                let lower_dirs: Vec<PathBuf> = built.iter().map(mountpoint_of).collect();
+                let lower_dirs = built
+                    .iter()
+                    .map(Built::mountpoint)
+                    .collect::<Result<Vec<_>, _>>()?;
                 let mounted =
                     blocking(move || mount::mount_overlay(&mount_dir, &lower_dirs)).await?;
                 if let (Some(overlay), Some((upper, work))) =
@@ -323,7 +356,7 @@ impl Transaction {
             systemd: def.systemd,
             state: Some(ContainerState::Created),
             namespaces: Some(def.namespaces.iter().copied().collect()),
-            stop_signal: Some(def.stop.signal.to_string()),
+            stop_signal: Some(spec::signal_name(def.stop.signal)),
             stop_timeout: Some(def.stop.timeout_secs as i64),
             ..Container::default()
         };
@@ -340,7 +373,7 @@ impl Transaction {
             id
         ));
         record.logfile = Some(logfile.display().to_string());
-        let rootfs = mountpoint_of(&mount);
+        let rootfs = mount.mountpoint()?;
         let argv0 = def.argv[0].clone();
         let checked_root = rootfs.clone();
         blocking(move || launch::check_init(&checked_root, &argv0).map_err(launch_error)).await?;
@@ -387,15 +420,23 @@ impl Transaction {
     }
 }
 
-fn mountpoint_of(built: &Built) -> PathBuf {
-    PathBuf::from(built.record.mountpoint().unwrap_or("/nonexistent"))
-}
-
 /// Runs a kernel step on the blocking pool, never on an event loop.
 pub(crate) async fn blocking<T: Send + 'static>(
     step: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    actix_rt::task::spawn_blocking(step)
+    off_event_loop(step)
         .await
-        .unwrap_or_else(|_| Err(Error::ShuttingDown))
+        .unwrap_or(Err(Error::ShuttingDown))
+}
+
+/// Runs blocking work on the blocking pool. `None` when the runtime shut down before it ran;
+/// a panic in the work is a bug and goes on as a panic, as it would have inline.
+pub(crate) async fn off_event_loop<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    match actix_rt::task::spawn_blocking(work).await {
+        Ok(done) => Some(done),
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => None,
+    }
 }
