@@ -220,44 +220,108 @@ fn names_are_unique_and_bad_requests_roll_back() {
     svc.assert_empty();
 }
 
+/// Children of `pid` (any of its threads) that are zombies.
+fn zombie_children(pid: u32) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter(|stat| {
+            // Fields after the command name: state, then ppid.
+            let after_name = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+            let mut fields = after_name.split_whitespace();
+            let state = fields.next();
+            let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+            state == Some("Z") && ppid == Some(pid)
+        })
+        .collect()
+}
+
 #[test]
-fn twenty_containers_at_once_leave_no_zombie() {
+fn fifty_containers_exiting_at_once_leave_no_zombie() {
     let _serial = serial();
     let svc = Service::start();
     let image = busybox_image(&svc, "many");
-    let mount = svc.create("mount", &squashfs_mount(&image));
-    let ids: Vec<i64> = (0..20)
+    // One writable overlay shared by reference: a file made in it on the host releases every
+    // container at the same moment.
+    let shared = svc.create("mount", &overlay(vec![squashfs_mount(&image)]));
+    let go = std::path::Path::new(&mountpoint_of(&shared)).join("tmp/go");
+    let wait_for_go = "/bin/sh -c 'while [ ! -e /tmp/go ]; do /bin/busybox usleep 20000; done'";
+    let ids: Vec<i64> = (0..50)
         .map(|i| {
             let created = svc.create(
                 "container",
-                &container(
-                    &format!("c{i}"),
-                    "/bin/sh -c 'exit 0'",
-                    by_id(id_of(&mount)),
-                    true,
-                ),
+                &container(&format!("c{i}"), wait_for_go, by_id(id_of(&shared)), true),
             );
             id_of(&created)
         })
         .collect();
-    let all_exited = wait_for(Duration::from_secs(20), || {
+    assert_eq!(
+        svc.get("/container?state=running")
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(50)
+    );
+    std::fs::write(&go, "").unwrap();
+    let all_exited = wait_for(Duration::from_secs(30), || {
         svc.get("/container?state=exited")
             .json()
             .as_array()
             .map(Vec::len)
-            == Some(20)
+            == Some(50)
     });
     assert!(all_exited, "{}", svc.get("/container"));
-    let children =
-        std::fs::read_to_string(format!("/proc/{}/task/{}/children", svc.pid(), svc.pid()))
-            .unwrap_or_default();
-    for child in children.split_whitespace() {
-        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-        assert!(!stat.contains(") Z "), "zombie child {child}: {stat}");
-    }
+    let zombies = zombie_children(svc.pid());
+    assert!(zombies.is_empty(), "zombies under the service: {zombies:?}");
     for id in ids {
         svc.remove("container", id);
     }
+    svc.remove("mount", id_of(&shared));
+    svc.assert_empty();
+}
+
+#[test]
+fn namespaces_field_is_honoured() {
+    let _serial = serial();
+    let svc = Service::start();
+    let image = busybox_image(&svc, "ns");
+    let mount = svc.create("mount", &squashfs_mount(&image));
+    let mut isolated = container(
+        "netless",
+        "/bin/sh -c '/bin/busybox cat /proc/net/dev; /bin/busybox hostname'",
+        by_id(id_of(&mount)),
+        true,
+    );
+    isolated["namespaces"] = json!(["net"]);
+    let created = svc.create("container", &isolated);
+    let mut used: Vec<&str> = created["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    used.sort();
+    assert_eq!(used, ["mnt", "net", "pid"], "mnt and pid are always added");
+    wait_for_state(&svc, "netless", "exited");
+    let log = log_of(&created);
+    let interfaces: Vec<&str> = log
+        .lines()
+        .filter_map(|line| line.split_once(':').map(|(name, _)| name.trim()))
+        .filter(|name| !name.is_empty() && !name.contains(' ') && !name.starts_with('['))
+        .filter(|name| !name.starts_with("Inter") && !name.starts_with("face"))
+        .collect();
+    assert_eq!(interfaces, ["lo"], "only lo in a new net namespace: {log}");
+    // Without uts of its own the container keeps the host's name.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert!(log.contains(host.trim()), "host name expected in {log}");
+
+    let mut unknown = container("odd", "/bin/true", by_id(id_of(&mount)), false);
+    unknown["namespaces"] = json!(["net", "bogus"]);
+    assert_invalid(&svc.post("/container", &unknown), "namespaces");
+    svc.remove("container", id_of(&created));
     svc.remove("mount", id_of(&mount));
     svc.assert_empty();
 }
