@@ -338,3 +338,27 @@ fn sigterm_stops_containers_before_releasing_mounts() {
     svc.stop_ok();
     assert_no_leaks(svc.dir());
 }
+
+#[test]
+fn ext4_root_is_writable_and_synced_when_exited() {
+    let _serial = serial();
+    let svc = Service::start();
+    let image = ext4_image(svc.dir(), "rw");
+    let mount = attach_mount(loopback(&image), "ext4", &[]);
+    let created = svc.create(
+        "container",
+        &container(
+            "writer",
+            "/bin/sh -c 'echo written > /proof.txt; echo pid=$$'",
+            mount,
+            true,
+        ),
+    );
+    wait_for_state(&svc, "writer", "exited");
+    assert!(log_of(&created).contains("pid=1"), "{}", log_of(&created));
+    let root = str_of(&created, "/mount/mountpoint");
+    let proof = std::fs::read_to_string(std::path::Path::new(root).join("proof.txt")).unwrap();
+    assert_eq!(proof, "written\n");
+    svc.remove("container", id_of(&created));
+    svc.assert_empty();
+}

@@ -367,10 +367,12 @@ impl Transaction {
                 &[&mount],
             )
             .await?;
+        // Ids start again with a new service run; the random part keeps an earlier run's log.
         let logfile = self.config.log_dir.join(format!(
-            "{}-{}.log",
+            "{}-{}-{}.log",
             def.name.as_deref().unwrap_or("container"),
-            id
+            id,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
         record.logfile = Some(logfile.display().to_string());
         let rootfs = mount.mountpoint()?;
