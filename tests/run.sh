@@ -15,6 +15,9 @@ command -v busybox >/dev/null || need+=(busybox-static)
 command -v mksquashfs >/dev/null || need+=(squashfs-tools)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
+# The systemd test builds a Debian image (cached under target/test-images) and looks inside it.
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v nsenter >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   apt-get update -qq

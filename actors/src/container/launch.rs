@@ -31,6 +31,7 @@ use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions};
 
 use super::cgroup::{Cgroup, CgroupError};
 use super::clone::{Child, ChildPlan, ParentEnds};
+use super::console::Console;
 use super::poll::poll;
 use super::proc::Stat;
 use super::process::Init;
@@ -69,7 +70,8 @@ pub struct InitConfig {
     /// The namespaces the init gets of its own. `mnt` and `pid` are always added: the runtime
     /// needs them. A systemd container with `user` needs `cgroup` too.
     pub namespaces: BTreeSet<Namespace>,
-    /// Whether to prepare the mounts and cgroups systemd expects.
+    /// Whether to prepare the mounts and cgroups systemd expects, and a console: a
+    /// pseudo-terminal on `/dev/console` whose output goes to the log.
     pub systemd: bool,
     /// The console log: the init's stdout and stderr (stdin is `/dev/null`). Open it with
     /// `O_APPEND`, so that the service's own lines interleave safely.
@@ -223,7 +225,14 @@ pub fn launch(config: InitConfig) -> Result<Init, LaunchError> {
             return Err(LaunchError::NamespaceUnsupported(name));
         }
     }
-    let spec = spec(&config, &namespaces)?;
+    // systemd writes its boot and shutdown lines to /dev/console only.
+    let console = if config.systemd {
+        Some(Console::open().map_err(kernel("open a console pseudo-terminal"))?)
+    } else {
+        None
+    };
+    let console_path = console.as_ref().map(|console| console.path().clone());
+    let spec = spec(&config, &namespaces, console_path)?;
     check_init(&config.rootfs, &spec.argv[0])?;
     reaper::start_reaper()?;
     let spec_fd = write_spec(&spec)?;
@@ -236,7 +245,15 @@ pub fn launch(config: InitConfig) -> Result<Init, LaunchError> {
         .map_err(kernel("prepare the init's descriptors"))
         .and_then(|(plan, ends)| start(plan, ends, flags, &spec, &cgroup));
     match started {
-        Ok((child, start_time)) => Ok(Init::new(config.id, child, start_time, cgroup)),
+        Ok((child, start_time)) => {
+            if let Some(console) = console {
+                // The container runs either way; only its console lines would be missing.
+                if let Err(error) = console.relay(config.id, child.pidfd.as_fd(), &config.log) {
+                    tracing::warn!(id = config.id, %error, "cannot relay the console to the log");
+                }
+            }
+            Ok(Init::new(config.id, child, start_time, cgroup))
+        }
         Err(error) => {
             if let Err(cleanup) = cgroup.remove() {
                 tracing::warn!(id = config.id, %cleanup, "cannot remove the cgroups of a failed launch");
@@ -278,7 +295,11 @@ fn fd_path(fd: &OwnedFd) -> PathBuf {
 }
 
 /// Builds and checks the spec the init gets.
-fn spec(config: &InitConfig, namespaces: &BTreeSet<Namespace>) -> Result<InitSpec, LaunchError> {
+fn spec(
+    config: &InitConfig,
+    namespaces: &BTreeSet<Namespace>,
+    console: Option<PathBuf>,
+) -> Result<InitSpec, LaunchError> {
     if config.argv.is_empty() {
         return Err(LaunchError::Invalid("the command is empty".into()));
     }
@@ -314,6 +335,7 @@ fn spec(config: &InitConfig, namespaces: &BTreeSet<Namespace>) -> Result<InitSpe
         cgroup_namespace: cgroup,
         user_namespace: user,
         systemd: config.systemd,
+        console,
     })
 }
 

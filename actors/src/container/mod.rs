@@ -8,11 +8,13 @@
 //! - [`start_reaper`] makes the service a child subreaper that reaps orphans.
 //!
 //! Internals: `clone` (the async-signal-safe child), `spec` (the service/init protocol),
-//! `rootfs` (the container's mounts), `cgroup`, `proc` (`/proc/<pid>/stat`), `poll`, `reaper`.
+//! `rootfs` (the container's mounts), `console` (a systemd container's `/dev/console`), `cgroup`,
+//! `proc` (`/proc/<pid>/stat`), `poll`, `reaper`.
 
 pub mod actor;
 pub mod cgroup;
 mod clone;
+mod console;
 pub mod init;
 pub mod launch;
 mod poll;

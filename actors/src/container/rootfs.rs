@@ -1,6 +1,7 @@
 //! Building the container's filesystem view, in the init, inside its new mount namespace:
-//! the image at `/` with `/proc`, `/sys` (read-only), a minimal `/dev` and, for systemd, the
-//! tmpfs and cgroup mounts it expects; then `pivot_root`, so that no host mount is left.
+//! the image at `/` with `/proc`, `/sys` (read-only), a minimal `/dev` (with a console, when the
+//! service made one) and, for systemd, the tmpfs and cgroup mounts it expects; then
+//! `pivot_root`, so that no host mount is left.
 //!
 //! Paths inside the image are resolved with `openat2(RESOLVE_IN_ROOT)`: a symlink in the image
 //! (`/var/lib -> /somewhere`) is followed inside the image, never onto the host, and mounts go
@@ -75,6 +76,9 @@ pub(crate) fn prepare(spec: &InitSpec) -> Result<(), Report> {
     root.mount("proc", "proc", no_exec, None)?;
     mount_sys(&root, spec.user_namespace)?;
     mount_dev(&root, spec.user_namespace)?;
+    if let Some(console) = &spec.console {
+        bind_console(&root, console)?;
+    }
     if spec.systemd {
         mount_systemd(&root)?;
     }
@@ -268,9 +272,26 @@ fn make_device(
     }
 }
 
+/// Binds the host's pseudo-terminal slave `console` onto `/dev/console`, an empty file made for
+/// it in the container's `/dev` tmpfs.
+fn bind_console(root: &Root, console: &Path) -> Result<(), Report> {
+    let dev = root.dir("dev")?;
+    let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC;
+    openat(&dev, "console", flags, Mode::from_raw_mode(0o600))
+        .step(|| "create /dev/console".into())?;
+    mount(
+        Some(console),
+        &fd_path(&dev).join("console"),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .step(|| format!("bind the console {} on /dev/console", console.display()))
+}
+
 /// The mounts systemd expects in a container: tmpfs on `/run`, `/tmp` and `/var/lib/journal`,
-/// a tmpfs `/sys/fs/cgroup` with the container's own cgroups (hybrid layout, as on the host),
-/// and a read-only `/proc/sys`.
+/// a read-only tmpfs `/sys/fs/cgroup` with the container's own cgroups (hybrid layout, as on
+/// the host), and a read-only `/proc/sys`.
 fn mount_systemd(root: &Root) -> Result<(), Report> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     for (path, mode) in SYSTEMD_TMPFS {
@@ -319,6 +340,14 @@ fn mount_systemd(root: &Root) -> Result<(), Report> {
         umount2(&whole, MntFlags::MNT_DETACH).step(|| format!("unmount /sys/fs/cgroup/.{dir}"))?;
         fs::remove_dir(&whole).step(|| format!("remove /sys/fs/cgroup/.{dir}"))?;
     }
+    // On a hybrid layout systemd mounts every v1 controller it finds in /proc/cgroups that has no
+    // mount yet, which would give it the host's whole hierarchies (or create new ones, taking
+    // those controllers from the host's cgroup2). With the tmpfs read-only it cannot make the
+    // mount points, and goes on with the hierarchies it was given (systemd itself, and
+    // systemd-nspawn, leave it read-only the same way). systemd 252 still says in its first
+    // console lines that it could not link the names of the controllers it mounts in pairs
+    // (`cpu` and `cpuacct` to `cpu,cpuacct`): harmless, nothing is mounted there.
+    root.remount_read_only("sys/fs/cgroup", no_exec)?;
     let target = root.dir("proc/sys")?;
     mount(
         Some(&fd_path(&target)),

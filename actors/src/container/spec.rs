@@ -58,6 +58,8 @@ pub(crate) struct InitSpec {
     pub user_namespace: bool,
     /// Whether to prepare the extra mounts systemd expects.
     pub systemd: bool,
+    /// A pseudo-terminal slave of the host (`/dev/pts/N`) to bind onto `/dev/console`.
+    pub console: Option<PathBuf>,
 }
 
 /// A failure of the init (or of the child before it), as sent back to the service.

@@ -549,6 +549,10 @@ pub fn container_def(container: &Container) -> Result<ContainerDef, Invalid> {
         Some(list) => list.iter().copied().collect(),
         None => DEFAULT_NAMESPACES.into_iter().collect(),
     };
+    if container.systemd && container.namespaces.is_none() {
+        // systemd must see its own cgroup as the root of the tree, not the host's path to it.
+        namespaces.insert(Namespace::Cgroup);
+    }
     namespaces.insert(Namespace::Mnt);
     namespaces.insert(Namespace::Pid);
     let signal = match &container.stop_signal {
@@ -637,6 +641,7 @@ mod tests {
         let def = container_def(&c).unwrap();
         assert_eq!(def.stop.signal, libc::SIGRTMIN() + 3);
         assert_eq!(def.stop.timeout_secs, SYSTEMD_STOP_TIMEOUT_SECS);
+        assert!(def.namespaces.contains(&Namespace::Cgroup));
     }
 
     #[test]

@@ -1,0 +1,615 @@
+//! End-to-end test of a `systemd: true` container: a real Debian bookworm image with systemd as
+//! its init boots to `running` with no failed unit, keeps to its own cgroups, and shuts down
+//! cleanly on `PATCH state=exited`.
+//!
+//! The image is built with debootstrap the first time (about a minute, from deb.debian.org) and
+//! kept as `target/test-images/debian-bookworm-systemd-v1.squashfs` for later runs. The test
+//! fails, rather than skips, when debootstrap is missing or cannot download.
+//!
+//! There is no exec API: the test looks into the container from the host with `nsenter` into the
+//! namespaces of its init, whose pid the service writes into the container's log.
+
+mod common;
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// Bump when the image recipe changes: a new name makes the cache build anew.
+const IMAGE_NAME: &str = "debian-bookworm-systemd-v1";
+const SUITE: &str = "bookworm";
+const MIRROR: &str = "http://deb.debian.org/debian";
+/// How long debootstrap may take (it downloads about 60 MB).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long systemd may take to finish booting.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// A clean shutdown takes about a second; the service would kill systemd after 30 s.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(15);
+/// How long one command run inside the container may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn debian_with_systemd_boots_keeps_to_its_cgroups_and_shuts_down_cleanly() {
+    let started = Instant::now();
+    let image = debian_image();
+    let built = started.elapsed();
+    println!("image {} ready after {built:.1?}", image.display());
+
+    let hierarchies = Hierarchies::find();
+    let host_before = hierarchies.snapshot();
+
+    let svc = Service::start();
+    // Linked (or copied) into the service's dir, so that the fixture's leak checks see its loop
+    // device.
+    let local_image = svc.dir().join("debian.squashfs");
+    if fs::hard_link(&image, &local_image).is_err() {
+        fs::copy(&image, &local_image).expect("copy the image");
+    }
+    let booting = Instant::now();
+    // The default namespaces (the reference's set) have no cgroup namespace, which systemd
+    // needs to see its own cgroup as the root: asked for here.
+    let created = svc.create(
+        "container",
+        &json!({
+            "name": "deb",
+            "command": "/lib/systemd/systemd",
+            "systemd": true,
+            "namespaces": ["cgroup", "ipc", "mnt", "pid", "uts"],
+            "mount": overlay(vec![squashfs_mount(&local_image)]),
+            "state": "running",
+        }),
+    );
+    assert_eq!(created["state"], "running", "{created}");
+    assert_eq!(created["stop_signal"], "SIGRTMIN+3", "{created}");
+    let id = id_of(&created);
+    let log_path = PathBuf::from(str_of(&created, "/logfile"));
+    let pid = init_pid(&log_path);
+    let container = Container {
+        pid,
+        log: &log_path,
+    };
+
+    // Boots to `running`: every unit started, none failed.
+    let state = container.wait_until_booted();
+    let boot_time = booting.elapsed();
+    if state != "running" {
+        panic!(
+            "systemd reports {state:?}, not \"running\"\nfailed units:\n{}\njournal:\n{}\nconsole:\n{}",
+            container.run(&["systemctl", "--failed", "--no-pager", "--full"]),
+            container.run(&["journalctl", "-b", "--no-pager", "-p", "warning"]),
+            container.console()
+        );
+    }
+    println!("systemd reached running {boot_time:.1?} after the create");
+    let failed = container.run(&[
+        "systemctl",
+        "list-units",
+        "--failed",
+        "--plain",
+        "--no-legend",
+    ]);
+    assert_eq!(failed.trim(), "", "failed units");
+
+    // It knows it runs in a container, under its own name.
+    let virt = container.run(&["systemd-detect-virt", "--container"]);
+    assert_eq!(virt.trim(), "container-other", "systemd-detect-virt");
+    let marker = container.run(&["cat", "/run/systemd/container"]);
+    assert_eq!(marker.trim(), "imageapi", "/run/systemd/container");
+    assert_eq!(container.run(&["hostname"]).trim(), "deb");
+
+    // Its own cgroup is the root of what it sees, through a cgroup namespace...
+    let inside = container.run(&["cat", "/proc/1/cgroup"]);
+    assert!(
+        inside.lines().any(|line| line == "0::/init.scope"),
+        "{inside}"
+    );
+    assert!(!inside.contains("imageapi"), "{inside}");
+    // ...while from the host it lives in the container's cgroup, below the service's
+    // `imageapi` directory (named after the container's id), the same in every hierarchy.
+    let outside = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let own = outside
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .and_then(|path| path.strip_suffix("/init.scope"))
+        .unwrap_or_else(|| panic!("systemd is not in an init.scope cgroup: {outside}"))
+        .to_string();
+    let name = own.strip_prefix("/imageapi/").unwrap_or_default();
+    assert!(
+        !name.contains('/') && name.ends_with(&id.to_string()),
+        "{own} is not container {id}'s cgroup"
+    );
+    if hierarchies.systemd.is_some() {
+        assert!(
+            outside.contains(&format!(":name=systemd:{own}/init.scope\n")),
+            "{outside}"
+        );
+    }
+    let container_dirs = hierarchies.container_dirs(&own);
+
+    // It got only its own cgroup hierarchies, each rooted at its cgroup, in a read-only tmpfs:
+    // it could mount no other.
+    let mounts = container.run(&["cat", "/proc/self/mountinfo"]);
+    let cgroup_mounts: Vec<(String, String, String, String)> = mounts
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let fs_type = right.split(' ').next()?;
+            let point = left[4];
+            (point == "/sys/fs/cgroup" || point.starts_with("/sys/fs/cgroup/")).then(|| {
+                (
+                    point.to_string(),
+                    fs_type.to_string(),
+                    left[3].to_string(),
+                    left[5].to_string(),
+                )
+            })
+        })
+        .collect();
+    let points: Vec<&str> = cgroup_mounts.iter().map(|m| m.0.as_str()).collect();
+    let mut expected = vec!["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+    if hierarchies.systemd.is_some() {
+        expected.push("/sys/fs/cgroup/systemd");
+    }
+    let mut sorted = points.clone();
+    sorted.sort();
+    expected.sort();
+    assert_eq!(sorted, expected, "{mounts}");
+    for (point, fs_type, root, options) in &cgroup_mounts {
+        if fs_type == "tmpfs" {
+            assert!(options.split(',').any(|o| o == "ro"), "{point}: {options}");
+        } else {
+            assert_eq!(root, "/", "{point} is not rooted at the container's cgroup");
+        }
+    }
+
+    // /proc/sys is read-only. The probe is harmless even if it were not: the host name belongs
+    // to the container's own UTS namespace.
+    let probe = container.run_status(&["sh", "-c", "echo deb > /proc/sys/kernel/hostname"]);
+    assert!(!probe.0, "/proc/sys is writable: {}", probe.1);
+    assert!(probe.1.contains("Read-only file system"), "{}", probe.1);
+
+    // Nothing of it outside its own cgroups on the host while it runs.
+    let host_running = hierarchies.snapshot();
+    assert_eq!(host_running, host_before, "the host's cgroup trees changed");
+    for dir in &container_dirs {
+        assert!(dir.is_dir(), "{} missing", dir.display());
+        let units = dir.join("system.slice");
+        assert!(
+            units.is_dir(),
+            "systemd's units are not in {}",
+            dir.display()
+        );
+    }
+
+    // The console is relayed into the log.
+    let console = container.console();
+    assert!(
+        console.contains("Welcome to Debian GNU/Linux 12 (bookworm)!"),
+        "{console}"
+    );
+
+    // A clean shutdown on SIGRTMIN+3, well before the 30 s after which the service kills.
+    let stopping = Instant::now();
+    let stop = svc.request("PATCH", "/container?name=deb&state=exited", None);
+    assert_eq!(stop.status, 200, "{stop}");
+    assert_eq!(stop.json()["state"], "stopping", "{stop}");
+    let exited = wait_for(SHUTDOWN_LIMIT, || {
+        svc.get("/container?name=deb").json()[0]["state"] == "exited"
+    });
+    let shutdown_time = stopping.elapsed();
+    assert!(
+        exited,
+        "not exited {SHUTDOWN_LIMIT:?} after the stop:\n{}",
+        container.console()
+    );
+    println!("exited {shutdown_time:.1?} after the stop");
+    let after = svc.get_one("container", id);
+    // In a pid namespace, the kernel ends an init that halts with SIGINT (pid_namespaces(7)).
+    let code = after["exit_code"].as_i64();
+    assert!(
+        matches!(code, Some(0 | 130)),
+        "exit code {code:?}\n{}",
+        container.console()
+    );
+    // The relay may still be copying the last lines when the exit is reported.
+    let shutdown_lines = [
+        "Reached target shutdown.target - System Shutdown.",
+        "Sending SIGTERM to remaining processes...",
+        "Halting system.",
+    ];
+    let mut log = String::new();
+    wait_for(RELEASE_GRACE, || {
+        log = container.console();
+        shutdown_lines.iter().all(|line| log.contains(line))
+    });
+    for line in shutdown_lines {
+        assert!(log.contains(line), "no {line:?} in the log:\n{log}");
+    }
+    assert!(!log.contains("stop timed out"), "{log}");
+    let relays = wait_for(RELEASE_GRACE, || no_thread_named(svc.pid(), "console-"));
+    assert!(relays, "the console relay thread is still running");
+
+    // Nothing of it left in the host's cgroup trees.
+    let deleted = svc.delete("/container?name=deb");
+    assert_eq!(deleted.status, 200, "{deleted}");
+    for dir in hierarchies.all_dirs(&own) {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    assert_eq!(
+        hierarchies.snapshot(),
+        host_before,
+        "the host's cgroup trees changed"
+    );
+    assert!(
+        !service_has_ptys(svc.pid()),
+        "the service still holds the console's pseudo-terminal"
+    );
+    svc.assert_empty();
+    println!(
+        "total {:.1?} (image {built:.1?}, boot {boot_time:.1?}, shutdown {shutdown_time:.1?})",
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Looking into the container
+// ---------------------------------------------------------------------------------------------
+
+struct Container<'a> {
+    /// The init (systemd), as the host sees it.
+    pid: u32,
+    log: &'a Path,
+}
+
+impl Container<'_> {
+    /// Runs `args` in all the namespaces of the init; (success, stdout and stderr).
+    fn run_status(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.pid.to_string())
+            .arg("-a")
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("SYSTEMD_COLORS", "0");
+        run_with_timeout(&mut cmd, COMMAND_TIMEOUT)
+    }
+
+    /// Runs `args` inside and returns what they wrote, whether or not they succeeded.
+    fn run(&self, args: &[&str]) -> String {
+        self.run_status(args).1
+    }
+
+    /// Waits until systemd has finished booting; its state then (`running`, `degraded`, ...).
+    fn wait_until_booted(&self) -> String {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            let (_, answer) = self.run_status(&["systemctl", "is-system-running", "--wait"]);
+            let state = answer.trim().to_string();
+            // Before systemd listens, systemctl cannot connect and says `offline`.
+            let settled = !matches!(state.as_str(), "" | "offline" | "initializing" | "starting")
+                && !state.contains("Failed to connect");
+            if settled {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "systemd did not finish booting within {BOOT_TIMEOUT:?} (last: {state:?})\n{}",
+                self.console()
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The container's log with terminal colours removed.
+    fn console(&self) -> String {
+        strip_ansi(&fs::read_to_string(self.log).unwrap_or_default())
+    }
+}
+
+/// The init's pid, from the service's `started ... as pid N` line in the log.
+fn init_pid(log: &Path) -> u32 {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.split_once("] as pid ").map(|(_, pid)| pid))
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no init pid in the log:\n{text}"))
+}
+
+/// Removes the escape sequences systemd colours its status lines with.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, up to the final byte (@ to ~).
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Runs `cmd` with its output collected, killing it after `timeout`; (success, stdout and
+/// stderr).
+fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out_path = dir.path().join("out");
+    let out = File::create(&out_path).expect("output file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut text = String::new();
+    File::open(&out_path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .expect("read the output");
+    match status {
+        Some(status) => (status.success(), text),
+        None => (
+            false,
+            format!("{text}\n(killed after {timeout:?}: {cmd:?})"),
+        ),
+    }
+}
+
+/// Whether no thread of process `pid` has a name starting with `prefix`.
+fn no_thread_named(pid: u32, prefix: &str) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    !tasks.flatten().any(|task| {
+        fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.starts_with(prefix))
+    })
+}
+
+/// Whether process `pid` holds a pseudo-terminal (master or slave) open.
+fn service_has_ptys(pid: u32) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy().into_owned();
+            target == "/dev/ptmx" || target.starts_with("/dev/pts/")
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The host's cgroup trees
+// ---------------------------------------------------------------------------------------------
+
+/// The host's cgroup mounts: cgroup2, and the v1 hierarchies by their mount points.
+struct Hierarchies {
+    unified: PathBuf,
+    systemd: Option<PathBuf>,
+    v1: Vec<PathBuf>,
+}
+
+impl Hierarchies {
+    fn find() -> Hierarchies {
+        let mut unified = None;
+        let mut systemd = None;
+        let mut v1 = Vec::new();
+        for entry in mountinfo() {
+            match entry.fs_type.as_str() {
+                "cgroup2" if unified.is_none() => unified = Some(PathBuf::from(&entry.mount_point)),
+                "cgroup" => {
+                    let point = PathBuf::from(&entry.mount_point);
+                    if entry.super_options.iter().any(|o| o == "name=systemd") {
+                        systemd.get_or_insert(point.clone());
+                    }
+                    v1.push(point);
+                }
+                _ => {}
+            }
+        }
+        Hierarchies {
+            unified: unified.expect("no cgroup2 mount on this host"),
+            systemd,
+            v1,
+        }
+    }
+
+    /// The container's cgroup `own` (a path below a hierarchy's root) in the hierarchies a
+    /// systemd container is put in.
+    fn container_dirs(&self, own: &str) -> Vec<PathBuf> {
+        let own = own.trim_start_matches('/');
+        let mut dirs = vec![self.unified.join(own)];
+        dirs.extend(self.systemd.iter().map(|d| d.join(own)));
+        dirs
+    }
+
+    /// Where the container's cgroup `own` would be in any hierarchy of the host (the v1
+    /// freezer, say, when cgroup2 cannot freeze).
+    fn all_dirs(&self, own: &str) -> Vec<PathBuf> {
+        let own = own.trim_start_matches('/');
+        std::iter::once(&self.unified)
+            .chain(&self.v1)
+            .map(|root| root.join(own))
+            .collect()
+    }
+
+    /// What a container must not change: the top level of every hierarchy (where systemd
+    /// would put its slices without a cgroup namespace) and the kernel's list of hierarchies
+    /// (where its own v1 mounts would take controllers from cgroup2).
+    fn snapshot(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for root in std::iter::once(&self.unified).chain(&self.v1) {
+            let Ok(entries) = fs::read_dir(root) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                // The containers' own parent: checked on its own, and other services may make it.
+                if entry.file_name() == "imageapi" {
+                    continue;
+                }
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    lines.push(entry.path().display().to_string());
+                }
+            }
+        }
+        let controllers = fs::read_to_string("/proc/cgroups").unwrap_or_default();
+        for line in controllers.lines().filter(|l| !l.starts_with('#')) {
+            // name, hierarchy, number of cgroups (which changes with any cgroup), enabled.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if let [name, hierarchy, _, enabled] = fields[..] {
+                lines.push(format!(
+                    "controller {name} hierarchy {hierarchy} enabled {enabled}"
+                ));
+            }
+        }
+        lines.sort();
+        lines
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The image
+// ---------------------------------------------------------------------------------------------
+
+/// The cached image, built first if needed (one builder at a time, under a lock file).
+fn debian_image() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join("test-images");
+    fs::create_dir_all(&dir).expect("create target/test-images");
+    let image = dir.join(format!("{IMAGE_NAME}.squashfs"));
+    let lock = File::create(dir.join(format!("{IMAGE_NAME}.lock"))).expect("lock file");
+    // SAFETY: flock(2) on a descriptor owned by `lock` for the whole call.
+    let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(
+        locked,
+        0,
+        "lock the image cache: {}",
+        std::io::Error::last_os_error()
+    );
+    if !image.exists() {
+        build_image(&dir, &image);
+    }
+    // The lock goes with `lock`.
+    image
+}
+
+/// Removes a build tree, after unmounting anything an interrupted debootstrap left in it.
+fn remove_build(build: &Path) {
+    if !build.exists() {
+        return;
+    }
+    force_cleanup(build);
+    let left = mounts_under(build);
+    assert!(left.is_empty(), "cannot unmount {left:?}");
+    fs::remove_dir_all(build).unwrap_or_else(|e| panic!("remove {}: {e}", build.display()));
+}
+
+/// Removes the build tree when dropped, also when the build fails.
+struct BuildTree(PathBuf);
+
+impl Drop for BuildTree {
+    fn drop(&mut self) {
+        remove_build(&self.0);
+    }
+}
+
+fn build_image(dir: &Path, image: &Path) {
+    let started = Instant::now();
+    let debootstrap = ["/usr/sbin/debootstrap", "/sbin/debootstrap"]
+        .into_iter()
+        .map(Path::new)
+        .find(|path| path.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "debootstrap is not installed: the systemd test builds its Debian image with it \
+                 (apt-get install debootstrap)"
+            )
+        });
+    let build = dir.join(format!("{IMAGE_NAME}.build"));
+    remove_build(&build);
+    let tree = BuildTree(build.clone());
+    let log = dir.join(format!("{IMAGE_NAME}.debootstrap.log"));
+    println!(
+        "building {} with debootstrap (log: {})",
+        image.display(),
+        log.display()
+    );
+    let mut cmd = Command::new(debootstrap);
+    cmd.args([
+        "--variant=minbase",
+        "--include=systemd,systemd-sysv,dbus",
+        SUITE,
+    ])
+    .arg(&build)
+    .arg(MIRROR);
+    let (ok, output) = run_with_timeout(&mut cmd, BUILD_TIMEOUT);
+    fs::write(&log, &output).expect("write the debootstrap log");
+    if !ok {
+        let tail: Vec<&str> = output.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "debootstrap of Debian {SUITE} from {MIRROR} failed (can this machine download from \
+             it?); the end of {}:\n{}",
+            log.display(),
+            tail.join("\n")
+        );
+    }
+    customize(&tree.0);
+    let partial = dir.join(format!("{IMAGE_NAME}.squashfs.partial"));
+    run(Command::new("mksquashfs").arg(&tree.0).arg(&partial).args([
+        "-noappend",
+        "-no-progress",
+        "-quiet",
+        "-no-xattrs",
+    ]));
+    fs::rename(&partial, image).expect("move the image into place");
+    drop(tree);
+    println!("built {} in {:.1?}", image.display(), started.elapsed());
+}
+
+/// What the test changes in debootstrap's tree, and why:
+/// - `/etc/hostname` is the build host's name, copied by debootstrap: without it systemd keeps
+///   the host name the container was given (its name);
+/// - apt's package cache and downloaded packages are only needed to install packages.
+fn customize(root: &Path) {
+    let _ = fs::remove_file(root.join("etc/hostname"));
+    for dir in ["var/cache/apt/archives", "var/cache/apt"] {
+        let Ok(entries) = fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".deb") || name.ends_with(".bin") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
