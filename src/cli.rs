@@ -39,4 +39,12 @@ pub struct Options {
     /// Directory of the container console logs.
     #[arg(long, default_value = "/var/run/imageapi/logs")]
     pub log_dir: PathBuf,
+
+    /// Where the service keeps its objects across restarts (a crash-safe store).
+    #[arg(long, default_value = "/var/lib/imageapi")]
+    pub state_dir: PathBuf,
+
+    /// Release every object at exit instead of leaving them for the next start to adopt.
+    #[arg(long)]
+    pub cleanup_on_exit: bool,
 }

@@ -50,8 +50,11 @@ async fn serve(options: Options) -> anyhow::Result<()> {
     let engine = Engine::start(EngineConfig {
         mount_dir: options.mount_dir.clone(),
         log_dir: options.log_dir.clone(),
+        state_dir: Some(options.state_dir.clone()),
+        cleanup_on_exit: options.cleanup_on_exit,
     })
-    .context("preparing the service's directories")?;
+    .await
+    .context("starting the engine")?;
 
     let app_engine = engine.clone();
     let mut server = HttpServer::new(move || {

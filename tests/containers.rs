@@ -3,21 +3,10 @@
 
 mod common;
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-
-/// Container cgroups are named after the container id, and every test's service counts ids
-/// from 1: two services running containers at once would share cgroups. One at a time.
-static ONE_SERVICE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    ONE_SERVICE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A read-only busybox image with the directories an init mounts on.
 fn busybox_image(svc: &Service, name: &str) -> std::path::PathBuf {
@@ -70,7 +59,6 @@ fn log_of(created: &Value) -> String {
 
 #[test]
 fn init_is_pid_1_with_its_own_hostname_and_only_the_image_at_root() {
-    let _serial = serial();
     let svc = Service::start();
     let mount = busybox_overlay(&svc, "pid1");
     let created = svc.create(
@@ -103,7 +91,6 @@ fn init_is_pid_1_with_its_own_hostname_and_only_the_image_at_root() {
 
 #[test]
 fn exit_codes_map_to_states() {
-    let _serial = serial();
     let svc = Service::start();
     let image = busybox_image(&svc, "codes");
     let mount = svc.create("mount", &squashfs_mount(&image));
@@ -126,7 +113,6 @@ fn exit_codes_map_to_states() {
 
 #[test]
 fn stop_pause_resume_and_delete_rules() {
-    let _serial = serial();
     let svc = Service::start();
     let mount = busybox_overlay(&svc, "life");
     let created = svc.create(
@@ -153,7 +139,6 @@ fn stop_pause_resume_and_delete_rules() {
 
 #[test]
 fn forced_delete_kills_a_running_container_and_collects_its_mounts() {
-    let _serial = serial();
     let svc = Service::start();
     let mount = busybox_overlay(&svc, "force");
     svc.create(
@@ -167,7 +152,6 @@ fn forced_delete_kills_a_running_container_and_collects_its_mounts() {
 
 #[test]
 fn names_are_unique_and_bad_requests_roll_back() {
-    let _serial = serial();
     let svc = Service::start();
     let image = busybox_image(&svc, "names");
     let first = svc.create(
@@ -241,7 +225,6 @@ fn zombie_children(pid: u32) -> Vec<String> {
 
 #[test]
 fn fifty_containers_exiting_at_once_leave_no_zombie() {
-    let _serial = serial();
     let svc = Service::start();
     let image = busybox_image(&svc, "many");
     // One writable overlay shared by reference: a file made in it on the host releases every
@@ -285,7 +268,6 @@ fn fifty_containers_exiting_at_once_leave_no_zombie() {
 
 #[test]
 fn namespaces_field_is_honoured() {
-    let _serial = serial();
     let svc = Service::start();
     let image = busybox_image(&svc, "ns");
     let mount = svc.create("mount", &squashfs_mount(&image));
@@ -328,7 +310,6 @@ fn namespaces_field_is_honoured() {
 
 #[test]
 fn sigterm_stops_containers_before_releasing_mounts() {
-    let _serial = serial();
     let mut svc = Service::start();
     let mount = busybox_overlay(&svc, "term");
     svc.create(
@@ -341,7 +322,6 @@ fn sigterm_stops_containers_before_releasing_mounts() {
 
 #[test]
 fn ext4_root_is_writable_and_synced_when_exited() {
-    let _serial = serial();
     let svc = Service::start();
     let image = ext4_image(svc.dir(), "rw");
     let mount = attach_mount(loopback(&image), "ext4", &[]);

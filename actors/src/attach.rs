@@ -12,7 +12,8 @@ use crate::registry::graph::ObjectKind;
 use crate::resource::{KernelResource, ResourceActor};
 use crate::sys::beneath::{open_beneath, BeneathError};
 use crate::sys::blockdev::{check_block_device, BlockDeviceError};
-use crate::sys::loopdev::LoopDevice;
+use crate::store::Facts;
+use crate::sys::loopdev::{self, LoopDevice};
 use crate::sys::{errno_of_io, SysError};
 
 const LOCAL: Origin = Origin::new(ObjectKind::Attach, "local");
@@ -25,14 +26,32 @@ pub type AttachActor = ResourceActor<AttachedDevice>;
 pub enum AttachedDevice {
     /// A device node that existed before; nothing to give back.
     Local(PathBuf),
-    Loop(LoopDevice),
+    Loop {
+        device: LoopDevice,
+        /// The image as the kernel names it (sysfs `backing_file`), to recognise it again.
+        backing_file: PathBuf,
+    },
 }
 
 impl AttachedDevice {
     pub fn device_file(&self) -> &Path {
         match self {
             AttachedDevice::Local(path) => path,
-            AttachedDevice::Loop(device) => device.path(),
+            AttachedDevice::Loop { device, .. } => device.path(),
+        }
+    }
+
+    /// How to recognise the device after a restart.
+    pub fn facts(&self) -> Option<Facts> {
+        match self {
+            AttachedDevice::Local(_) => None,
+            AttachedDevice::Loop {
+                device,
+                backing_file,
+            } => Some(Facts::Loop {
+                number: device.number(),
+                backing_file: backing_file.clone(),
+            }),
         }
     }
 }
@@ -41,12 +60,23 @@ impl KernelResource for AttachedDevice {
     fn release(self) -> Result<(), Error> {
         match self {
             AttachedDevice::Local(_) => Ok(()),
-            AttachedDevice::Loop(device) => {
+            AttachedDevice::Loop { device, .. } => {
                 debug!(device = %device.path().display(), "detaching loop device");
                 device.detach().map_err(Error::kernel(LOOPBACK))
             }
         }
     }
+}
+
+/// The tag of the loop device of attachment `id` of service `instance`: after a crash, it
+/// tells which devices are the service's.
+pub fn loop_tag(instance: &str, id: i64) -> String {
+    format!("{}{id}", loop_tag_prefix(instance))
+}
+
+/// What every loop tag of service `instance` starts with.
+pub fn loop_tag_prefix(instance: &str) -> String {
+    format!("imageapi:{instance}:")
 }
 
 /// Checks that `path` is a block device node and gives it as the attachment.
@@ -66,11 +96,13 @@ pub fn attach_local(path: &str) -> Result<AttachedDevice, Error> {
 
 /// Binds a regular file to a fresh loop device. `base` is the mountpoint the path is relative
 /// to, or `None` for the host's `/`. The file is opened read-write where it can be, else the
-/// device is read-only (an image on a read-only filesystem still attaches).
+/// device is read-only (an image on a read-only filesystem still attaches). `tag` marks the
+/// device as the service's (see [`loop_tag`]).
 pub fn attach_loopback(
     base: Option<&Path>,
     path: &str,
     read_partitions: bool,
+    tag: &str,
 ) -> Result<AttachedDevice, Error> {
     let (file, read_only) = open_image(base, path)?;
     let metadata = file
@@ -87,8 +119,12 @@ pub fn attach_loopback(
         return Err(Error::rejected(LOOPBACK, format!("{path} is {found}")));
     }
     let device =
-        LoopDevice::attach(&file, read_only, read_partitions).map_err(Error::kernel(LOOPBACK))?;
-    Ok(AttachedDevice::Loop(device))
+        LoopDevice::attach_tagged(&file, read_only, read_partitions, tag).map_err(Error::kernel(LOOPBACK))?;
+    let backing_file = loopdev::backing_file(device.number()).unwrap_or_default();
+    Ok(AttachedDevice::Loop {
+        device,
+        backing_file,
+    })
 }
 
 fn open_image(base: Option<&Path>, path: &str) -> Result<(File, bool), Error> {

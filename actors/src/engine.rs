@@ -12,7 +12,13 @@ use futures::FutureExt;
 
 use crate::model::wire::{Attach, AttachKind, Container, ContainerState, Id, Mount, MountKind};
 pub use crate::registry::actor::Selector;
-use crate::registry::actor::{Abort, Begin, Commit, Delete, List, Registry, SetState, Shutdown};
+use crate::registry::actor::{
+    Abort, Begin, Commit, Delete, Initial, List, Registry, SetState, Shutdown,
+};
+use crate::registry::build::off_event_loop;
+use crate::registry::graph::Graph;
+use crate::restore;
+use crate::store::{Store, StoreError};
 use crate::registry::build::{Built, Transaction};
 use crate::registry::graph::ObjectKind;
 use crate::registry::record::Record;
@@ -24,6 +30,27 @@ pub struct EngineConfig {
     pub mount_dir: PathBuf,
     /// Where container console logs go.
     pub log_dir: PathBuf,
+    /// Where the state store lives; `None` keeps the graph in memory only.
+    pub state_dir: Option<PathBuf>,
+    /// Release every object at shutdown even with a state store (without one, always).
+    pub cleanup_on_exit: bool,
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot prepare {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot become the reaper of orphaned processes: {0}")]
+    Reaper(#[from] crate::container::ReaperError),
+    #[error("the engine's start was interrupted")]
+    Interrupted,
 }
 
 /// A handle on the running engine; cheap to clone.
@@ -34,6 +61,8 @@ pub struct Engine {
     /// actors they start outlive the HTTP workers.
     arbiter: ArbiterHandle,
     config: Arc<EngineConfig>,
+    /// Names this service's cgroups and loop devices (kept in the state store).
+    instance: Arc<str>,
 }
 
 fn mailbox_gone(_: MailboxError) -> Error {
@@ -41,21 +70,65 @@ fn mailbox_gone(_: MailboxError) -> Error {
 }
 
 impl Engine {
-    /// Makes the service's directories, becomes a child subreaper and starts the registry on an
-    /// arbiter of its own.
-    /// Must be called inside an actix system.
-    pub fn start(config: EngineConfig) -> std::io::Result<Engine> {
-        std::fs::create_dir_all(&config.mount_dir)?;
-        std::fs::create_dir_all(&config.log_dir)?;
+    /// Makes the service's directories, becomes a child subreaper, reloads the state store
+    /// (adopting what the previous run left, see [`crate::restore`]) and starts the registry on
+    /// an arbiter of its own. Must be called inside an actix system, before serving.
+    pub async fn start(config: EngineConfig) -> Result<Engine, StartError> {
+        for dir in [&config.mount_dir, &config.log_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| StartError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
         // Orphans re-parented to the service are reaped from the start, not from the first container.
-        crate::container::start_reaper().map_err(std::io::Error::other)?;
+        crate::container::start_reaper()?;
+        let (store, snapshot) = match &config.state_dir {
+            Some(dir) => {
+                let store = Store::open(dir)?;
+                let snapshot = store.load()?;
+                (Some(Arc::new(store)), snapshot)
+            }
+            None => (None, None),
+        };
+        let instance: Arc<str> = match &snapshot {
+            Some(snapshot) => snapshot.instance.as_str().into(),
+            None => uuid::Uuid::new_v4().simple().to_string().into(),
+        };
+        crate::container::cgroup::set_instance(&instance);
+        let mount_dir = config.mount_dir.clone();
+        let mut checked = match snapshot {
+            Some(snapshot) => off_event_loop(move || restore::check(snapshot, &mount_dir))
+                .await
+                .ok_or(StartError::Interrupted)?,
+            None => restore::Checked {
+                instance: instance.to_string(),
+                graph: Graph::new(),
+                facts: Default::default(),
+                adopted: Default::default(),
+            },
+        };
         let arbiter = Arbiter::new().handle();
-        let registry = Registry::start_in_arbiter(&arbiter, |_| Registry::new());
-        info!(mount_dir = %config.mount_dir.display(), log_dir = %config.log_dir.display(), "engine started");
+        let registry = Registry::start_in_arbiter(&arbiter, move |ctx: &mut Context<Registry>| {
+            let actors = restore::start_actors(&mut checked, ctx.address().recipient());
+            let initial = Initial {
+                instance: checked.instance,
+                graph: checked.graph,
+                facts: checked.facts,
+                actors,
+            };
+            Registry::new(initial, store)
+        });
+        info!(
+            mount_dir = %config.mount_dir.display(),
+            log_dir = %config.log_dir.display(),
+            state_dir = ?config.state_dir,
+            "engine started"
+        );
         Ok(Engine {
             registry,
             arbiter,
             config: Arc::new(config),
+            instance,
         })
     }
 
@@ -69,6 +142,7 @@ impl Engine {
     {
         let registry = self.registry.clone();
         let config = self.config.clone();
+        let instance = self.instance.clone();
         let (answer, answered) = tokio::sync::oneshot::channel();
         let task = async move {
             let txn = registry.send(Begin).await.map_err(mailbox_gone)??;
@@ -76,14 +150,14 @@ impl Engine {
                 registry: registry.clone(),
                 txn,
                 config,
+                instance,
             };
             let built = build(&transaction).await;
             match built {
                 Ok(top) => registry
                     .send(Commit { txn, top: top.id })
                     .await
-                    .map_err(mailbox_gone)?
-                    .ok_or(Error::ShuttingDown),
+                    .map_err(mailbox_gone)?,
                 Err(err) => {
                     warn!(error = %err, "create failed: rolling back");
                     let _ = registry.send(Abort(txn)).await;
@@ -253,8 +327,10 @@ impl Engine {
         }
     }
 
-    /// Releases every object, users first, and refuses new creates.
+    /// Refuses new creates; then releases every object, users first, or, with a state store
+    /// and without `cleanup_on_exit`, leaves them all in place for the next start.
     pub async fn shutdown(&self) {
-        let _ = self.registry.send(Shutdown).await;
+        let release = self.config.cleanup_on_exit || self.config.state_dir.is_none();
+        let _ = self.registry.send(Shutdown { release }).await;
     }
 }

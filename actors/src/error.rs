@@ -59,6 +59,9 @@ pub enum Error {
     },
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// The state store could not record a change; the change was not made.
+    #[error("state store: {0}")]
+    Store(String),
 }
 
 impl Error {

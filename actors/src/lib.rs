@@ -9,7 +9,9 @@ pub mod model;
 pub mod mount;
 pub mod registry;
 pub mod resource;
+mod restore;
+pub mod store;
 pub mod sys;
 
-pub use engine::{Engine, EngineConfig, Selector};
+pub use engine::{Engine, EngineConfig, Selector, StartError};
 pub use error::{Error, Origin};

@@ -11,6 +11,7 @@ use tracing::{debug, warn};
 use crate::error::{Error, Origin};
 use crate::registry::graph::ObjectKind;
 use crate::resource::{KernelResource, ResourceActor};
+use crate::store::Facts;
 use crate::sys::beneath::{fd_path, open_beneath};
 use crate::sys::mounts::{self, parse_mount_options};
 use crate::sys::{errno_of_io, sys_err, SysError};
@@ -25,6 +26,8 @@ pub type MountActor = ResourceActor<MountedFs>;
 /// A filesystem mounted on a directory the service made, plus the directories made for it.
 pub struct MountedFs {
     mountpoint: PathBuf,
+    /// The filesystem type the service chose; `None` for a bind (it shows its source's type).
+    fs_type: Option<String>,
     /// Overlay upper and work dirs: removed after the unmount.
     scratch: Option<PathBuf>,
 }
@@ -32,6 +35,25 @@ pub struct MountedFs {
 impl MountedFs {
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// How to recognise the mount after a restart.
+    pub fn facts(&self) -> Facts {
+        Facts::Mount {
+            mountpoint: self.mountpoint.clone(),
+            fs_type: self.fs_type.clone(),
+        }
+    }
+
+    /// Takes up again a mount this service made before it restarted (checked by the caller).
+    /// An overlay's scratch dir sits next to its mountpoint, as [`mount_overlay`] made it.
+    pub fn adopt(mountpoint: PathBuf, fs_type: Option<String>) -> MountedFs {
+        let scratch = Some(mountpoint.with_extension("rw")).filter(|dir| dir.is_dir());
+        MountedFs {
+            mountpoint,
+            fs_type,
+            scratch,
+        }
     }
 }
 
@@ -93,6 +115,7 @@ fn make_mountpoint(mount_dir: &Path, origin: Origin) -> Result<PathBuf, Error> {
 fn mount_on_fresh_dir(
     mount_dir: &Path,
     origin: Origin,
+    fs_type: Option<&str>,
     mount: impl FnOnce(&Path) -> Result<(), Error>,
 ) -> Result<MountedFs, Error> {
     let mountpoint = make_mountpoint(mount_dir, origin)?;
@@ -103,6 +126,7 @@ fn mount_on_fresh_dir(
     debug!(mountpoint = %mountpoint.display(), stage = origin.stage, "mounted");
     Ok(MountedFs {
         mountpoint,
+        fs_type: fs_type.map(str::to_string),
         scratch: None,
     })
 }
@@ -115,7 +139,7 @@ pub fn mount_attach(
     options: &[String],
 ) -> Result<MountedFs, Error> {
     let options = parse_mount_options(options);
-    mount_on_fresh_dir(mount_dir, ATTACH, |target| {
+    mount_on_fresh_dir(mount_dir, ATTACH, Some(fs_type), |target| {
         mounts::mount_filesystem(device, target, fs_type, &options).map_err(|err| match err.errno {
             Errno::ENODEV => Error::rejected(
                 ATTACH,
@@ -151,7 +175,7 @@ pub fn mount_bind(
         // Only directories: the mountpoint the service makes is a directory.
         return Err(Error::rejected(BIND, format!("{path} is not a directory")));
     }
-    mount_on_fresh_dir(mount_dir, BIND, |target| {
+    mount_on_fresh_dir(mount_dir, BIND, None, |target| {
         mounts::bind(&source, target, recursive, read_only).map_err(Error::kernel(BIND))
     })
 }
@@ -177,6 +201,7 @@ pub fn mount_overlay(mount_dir: &Path, lowers: &[PathBuf]) -> Result<MountedFs, 
     }
     Ok(MountedFs {
         mountpoint,
+        fs_type: Some("overlay".to_string()),
         scratch: Some(scratch),
     })
 }

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use actors::container::{
-    check_init, launch, run_if_init, start_reaper, ExitStatus, Init, InitConfig, LaunchError,
+    cgroup, check_init, launch, run_if_init, start_reaper, ExitStatus, Init, InitConfig,
+    LaunchError,
 };
 use actors::model::wire::Namespace;
 use tempfile::TempDir;
@@ -444,7 +445,11 @@ fn launch_rejects_a_missing_init() {
     let error = launch(config).unwrap_err();
     assert!(matches!(error, LaunchError::InitNotFound { .. }), "{error}");
     assert!(error.is_rejection());
-    assert!(!Path::new(&format!("/sys/fs/cgroup/unified/imageapi/{id}")).exists());
+    assert!(!Path::new(&format!(
+        "/sys/fs/cgroup/unified/imageapi/{}",
+        cgroup::dir_name(id)
+    ))
+    .exists());
 
     let mut config = image.config_argv(&["/bin/sh"], &[]);
     config.argv.push("nul\0byte".into());
@@ -478,7 +483,11 @@ fn init_failure_is_reported() {
         other => panic!("unexpected error {other}"),
     }
     assert!(!error.is_rejection());
-    assert!(!Path::new(&format!("/sys/fs/cgroup/unified/imageapi/{id}")).exists());
+    assert!(!Path::new(&format!(
+        "/sys/fs/cgroup/unified/imageapi/{}",
+        cgroup::dir_name(id)
+    ))
+    .exists());
     assert!(eventually(zombie_children).is_empty());
 }
 
@@ -518,7 +527,10 @@ fn cgroups_hold_the_init_and_go_away() {
         "{dirs:?}"
     );
     for dir in &dirs {
-        assert!(dir.ends_with(format!("imageapi/{}", init.id())), "{dir:?}");
+        assert!(
+            dir.ends_with(format!("imageapi/{}", cgroup::dir_name(init.id()))),
+            "{dir:?}"
+        );
         let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap();
         assert_eq!(lines(&procs), [init.pid().to_string()], "{dir:?}");
     }

@@ -102,7 +102,7 @@ impl From<Error> for ApiError {
             )
             | Error::ContainerBusy { .. } => StatusCode::CONFLICT,
             Error::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
-            Error::Kernel { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Kernel { .. } | Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut answer = ApiError::new(status, error.to_string());

@@ -253,6 +253,9 @@ fn decode_chunked(mut data: &[u8]) -> Result<Vec<u8>, String> {
 pub struct ServiceOptions {
     /// Also listen on plain HTTP at 127.0.0.1 on a free port.
     pub http: bool,
+    /// Start without `--cleanup-on-exit`: a SIGTERM then leaves every object in place for the
+    /// next start (see [`Service::restart`]).
+    pub keep_objects: bool,
 }
 
 /// A running `imageapi-server` with its own temp dir (socket, mount dir, log dir, images).
@@ -263,6 +266,8 @@ pub struct ServiceOptions {
 pub struct Service {
     tmp: Option<tempfile::TempDir>,
     dir: PathBuf,
+    /// The command line of every start, but for `--cleanup-on-exit`.
+    args: Vec<std::ffi::OsString>,
     child: Child,
     exit: Option<ExitStatus>,
     transport: Transport,
@@ -277,7 +282,10 @@ impl Service {
 
     /// Starts the service on a unix socket and on plain HTTP (127.0.0.1, a free port).
     pub fn start_with_http() -> Service {
-        Service::start_with(ServiceOptions { http: true })
+        Service::start_with(ServiceOptions {
+            http: true,
+            ..ServiceOptions::default()
+        })
     }
 
     pub fn start_with(options: ServiceOptions) -> Service {
@@ -287,37 +295,33 @@ impl Service {
             .expect("temp dir");
         let dir = fs::canonicalize(tmp.path()).expect("canonical temp dir");
         let socket = dir.join("api.sock");
-        let stderr = fs::File::create(dir.join("service.stderr")).expect("stderr file");
-        let stdout = fs::File::create(dir.join("service.stdout")).expect("stdout file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imageapi-server"));
-        cmd.arg("--scheme")
-            .arg("unix")
-            .arg("--socket-path")
-            .arg(&socket)
-            .arg("--mount-dir")
-            .arg(dir.join("mounts"))
-            .arg("--log-dir")
-            .arg(dir.join("logs"));
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--scheme".into(),
+            "unix".into(),
+            "--socket-path".into(),
+            socket.clone().into(),
+            "--mount-dir".into(),
+            dir.join("mounts").into(),
+            "--log-dir".into(),
+            dir.join("logs").into(),
+            "--state-dir".into(),
+            dir.join("state").into(),
+        ];
         let http = if options.http {
             let port = free_port();
-            cmd.arg("--scheme")
-                .arg("http")
-                .arg("--host")
-                .arg("127.0.0.1")
-                .arg("--port")
-                .arg(port.to_string());
+            args.extend(
+                ["--scheme", "http", "--host", "127.0.0.1", "--port"].map(std::ffi::OsString::from),
+            );
+            args.push(port.to_string().into());
             Some(SocketAddr::from(([127, 0, 0, 1], port)))
         } else {
             None
         };
-        cmd.env("IMAGEAPI_LOGLEVEL", "DEBUG")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        let child = cmd.spawn().expect("spawn imageapi-server");
+        let child = spawn_service(&dir, &args, !options.keep_objects);
         let mut service = Service {
             tmp: Some(tmp),
             dir,
+            args,
             child,
             exit: None,
             transport: Transport::Unix(socket),
@@ -325,6 +329,32 @@ impl Service {
         };
         service.wait_ready();
         service
+    }
+
+    /// Stops the service with SIGTERM (it must exit 0) and starts it again on the same dirs,
+    /// with `--cleanup-on-exit` unless `keep_objects`.
+    pub fn restart(&mut self, keep_objects: bool) {
+        self.stop_ok();
+        self.start_again(keep_objects);
+    }
+
+    /// Kills the service with SIGKILL (a crash) and starts it again on the same dirs.
+    pub fn crash_and_restart(&mut self, keep_objects: bool) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.exit = None;
+        self.start_again(keep_objects);
+    }
+
+    /// The command line the service is started with (without `--cleanup-on-exit`).
+    pub fn args(&self) -> &[std::ffi::OsString] {
+        &self.args
+    }
+
+    fn start_again(&mut self, keep_objects: bool) {
+        self.exit = None;
+        self.child = spawn_service(&self.dir, &self.args, !keep_objects);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -587,6 +617,27 @@ impl Drop for Service {
             }
         }
     }
+}
+
+/// Starts `imageapi-server` with `args`; its stdout and stderr are appended to files in `dir`.
+fn spawn_service(dir: &Path, args: &[std::ffi::OsString], cleanup_on_exit: bool) -> Child {
+    let log = |name: &str| {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(name))
+            .expect("service log file")
+    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imageapi-server"));
+    cmd.args(args);
+    if cleanup_on_exit {
+        cmd.arg("--cleanup-on-exit");
+    }
+    cmd.env("IMAGEAPI_LOGLEVEL", "DEBUG")
+        .stdin(Stdio::null())
+        .stdout(log("service.stdout"))
+        .stderr(log("service.stderr"));
+    cmd.spawn().expect("spawn imageapi-server")
 }
 
 fn free_port() -> u16 {

@@ -41,6 +41,8 @@ pub struct StateChanged {
     pub id: Id,
     pub state: ContainerState,
     pub exit_code: Option<i64>,
+    /// The running init's pid and start time, when this change started one.
+    pub init: Option<(i32, u64)>,
 }
 
 /// What a container runs, fixed at create.
@@ -92,6 +94,31 @@ impl ContainerActor {
         actor.start()
     }
 
+    /// The actor of a container found again after a restart of the service, in the state the
+    /// store recorded; with its init when that is still running.
+    pub fn adopt(
+        id: Id,
+        plan: ContainerPlan,
+        state: ContainerState,
+        init: Option<Init>,
+        mount: ObjectAddr,
+        registry: Recipient<StateChanged>,
+    ) -> Addr<Self> {
+        let actor = ContainerActor {
+            id,
+            plan,
+            state,
+            stop_requested: state == ContainerState::Stopping,
+            launches: u64::from(init.is_some()),
+            init: init.map(Arc::new),
+            registry,
+            _mount: mount,
+            on_exit: Vec::new(),
+        };
+        actor.log_line("adopted by a new start of the service");
+        actor.start()
+    }
+
     /// Appends a lifecycle line to the container's log, next to the init's own output.
     fn log_line(&self, line: &str) {
         let written = OpenOptions::new()
@@ -110,6 +137,7 @@ impl ContainerActor {
             id: self.id,
             state,
             exit_code,
+            init: self.init.as_ref().map(|init| (init.pid(), init.start_time())),
         });
     }
 
@@ -162,23 +190,7 @@ impl ContainerActor {
                     actor.stop_requested = false;
                     actor.set_state(ContainerState::Running, None);
                     actor.launches += 1;
-                    let rootfs = actor.plan.rootfs.clone();
-                    let ended = async move {
-                        let status = init.wait().await;
-                        // The container counts as exited only once what it wrote is on disk.
-                        off_event_loop(move || {
-                            if let Ok(root) = std::fs::File::open(&rootfs) {
-                                let _ = nix::unistd::syncfs(&root);
-                            }
-                        })
-                        .await;
-                        status
-                    };
-                    ctx.spawn(
-                        ended
-                            .into_actor(actor)
-                            .map(|status, actor, _| actor.exited(status)),
-                    );
+                    actor.watch(init, ctx);
                     Ok(ContainerState::Running)
                 }
                 Err(err) => {
@@ -190,48 +202,60 @@ impl ContainerActor {
         }))
     }
 
+    /// Waits (on the pidfd, no polling) for the init to end, then records how it ended.
+    fn watch(&mut self, init: Arc<Init>, ctx: &mut Context<Self>) {
+        let rootfs = self.plan.rootfs.clone();
+        let ended = async move {
+            let status = init.wait().await;
+            // The container counts as exited only once what it wrote is on disk.
+            off_event_loop(move || {
+                if let Ok(root) = std::fs::File::open(&rootfs) {
+                    let _ = nix::unistd::syncfs(&root);
+                }
+            })
+            .await;
+            status
+        };
+        ctx.spawn(ended.into_actor(self).map(|status, actor, _| actor.exited(status)));
+    }
+
     fn exited(&mut self, status: std::io::Result<ExitStatus>) {
         let status = status.unwrap_or_else(|err| {
             // Only a broken pidfd gets here; the init is gone from the service's point of view.
             warn!(id = self.id, error = %err, "cannot wait for the init");
             ExitStatus::Signaled(libc::SIGKILL)
         });
+        let stopped = self.stop_requested;
         let (state, code, text) = match status {
-            ExitStatus::Exited(0) => (
+            ExitStatus::Exited(0) => (ContainerState::Exited, Some(0), "exited with status 0".to_string()),
+            ExitStatus::Exited(code) if stopped => {
+                (ContainerState::Exited, Some(code as i64), format!("stopped, exit status {code}"))
+            }
+            ExitStatus::Exited(code) => {
+                (ContainerState::Dead, Some(code as i64), format!("exited with status {code}"))
+            }
+            ExitStatus::Signaled(signal) if stopped => (
                 ContainerState::Exited,
-                0,
-                "exited with status 0".to_string(),
-            ),
-            ExitStatus::Exited(code) if self.stop_requested => (
-                ContainerState::Exited,
-                code as i64,
-                format!("stopped, exit status {code}"),
-            ),
-            ExitStatus::Exited(code) => (
-                ContainerState::Dead,
-                code as i64,
-                format!("exited with status {code}"),
-            ),
-            ExitStatus::Signaled(signal) if self.stop_requested => (
-                ContainerState::Exited,
-                128 + signal as i64,
+                Some(128 + signal as i64),
                 format!("stopped by signal {signal}"),
             ),
             ExitStatus::Signaled(signal) => (
                 ContainerState::Dead,
-                128 + signal as i64,
+                Some(128 + signal as i64),
                 format!("killed by signal {signal}"),
+            ),
+            // An adopted init's status is not ours to read: a stop the service asked for
+            // counts as exited, any other end as dead, and `exit_code` stays unset.
+            ExitStatus::Unknown => (
+                if stopped { ContainerState::Exited } else { ContainerState::Dead },
+                None,
+                "ended; its exit status is unknown (adopted after a service restart)".to_string(),
             ),
         };
         self.init = None;
         self.log_line(text.as_str());
-        info!(
-            id = self.id,
-            state = state.as_str(),
-            code,
-            "container init ended"
-        );
-        self.set_state(state, Some(code));
+        info!(id = self.id, state = state.as_str(), code, "container init ended");
+        self.set_state(state, code);
         for waiter in self.on_exit.drain(..) {
             let _ = waiter.send(());
         }
@@ -314,6 +338,13 @@ pub fn launch_error(err: LaunchError) -> Error {
 
 impl Actor for ContainerActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // An init adopted after a restart is watched from the start.
+        if let Some(init) = self.init.clone() {
+            self.watch(init, ctx);
+        }
+    }
 }
 
 /// Moves the container towards a state (`PATCH state=`); answers the state it is in afterwards.
@@ -362,6 +393,23 @@ impl Handler<ChangeState> for ContainerActor {
                 current,
                 "that change is not possible from this state",
             ),
+        }
+    }
+}
+
+/// The service stops but keeps its objects: leave the init running, unsupervised, for the next
+/// start to adopt.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LeaveRunning;
+
+impl Handler<LeaveRunning> for ContainerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: LeaveRunning, _: &mut Self::Context) {
+        if let Some(init) = &self.init {
+            init.leave_running();
+            self.log_line("service stopping: the container keeps running");
         }
     }
 }

@@ -246,7 +246,26 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Makes `<root>/imageapi/<id>`, replacing a stale one.
+/// Names this service among others on the host (see [`set_instance`]).
+static INSTANCE: OnceLock<String> = OnceLock::new();
+
+/// Sets the name that keeps this service's cgroups apart from other services' on the host (and
+/// from an earlier run on another state dir): the state store's instance name, so that a
+/// restarted service finds its containers' cgroups again. Without it, the process id is used.
+pub fn set_instance(name: &str) {
+    let _ = INSTANCE.set(name.to_string());
+}
+
+fn instance() -> &'static str {
+    INSTANCE.get_or_init(|| format!("pid{}", std::process::id()))
+}
+
+/// The name of container `id`'s cgroup directory below `<hierarchy>/imageapi/`.
+pub fn dir_name(id: i64) -> String {
+    format!("{}-{id}", instance())
+}
+
+/// Makes `<root>/imageapi/<instance>-<id>`, replacing a stale one.
 fn make_dir(root: &Path, id: i64) -> Result<PathBuf, CgroupError> {
     let parent = root.join(PARENT_DIR);
     fs::create_dir_all(&parent).map_err(|source| CgroupError::Io {
@@ -254,7 +273,7 @@ fn make_dir(root: &Path, id: i64) -> Result<PathBuf, CgroupError> {
         path: parent.clone(),
         source,
     })?;
-    let dir = parent.join(id.to_string());
+    let dir = parent.join(dir_name(id));
     let created = match fs::create_dir(&dir) {
         Err(error) if error.kind() == ErrorKind::AlreadyExists => {
             tracing::warn!(dir = %dir.display(), "replacing a stale cgroup");
@@ -363,6 +382,85 @@ fn freeze_v1(dir: &Path) -> Result<(), CgroupError> {
             });
         }
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+impl Cgroup {
+    /// The cgroups container `id` of this service has on the host now, whatever is in them:
+    /// after a crash, for the processes no adopted init accounts for.
+    pub(crate) fn left_by(id: i64) -> Result<Cgroup, CgroupError> {
+        let h = hierarchies()?;
+        let existing = |root: &Option<PathBuf>| {
+            root.as_ref()
+                .map(|root| root.join(PARENT_DIR).join(dir_name(id)))
+                .filter(|dir| dir.is_dir())
+        };
+        Ok(Cgroup {
+            unified: existing(&h.unified),
+            freezer: existing(&h.freezer),
+            systemd: existing(&h.systemd),
+        })
+    }
+
+    /// Kills every process in the cgroups (thawing a frozen v1 cgroup so they can die), waits
+    /// a moment for them to be gone, and removes the cgroups.
+    pub(crate) fn kill_and_remove(&self) -> Result<(), CgroupError> {
+        let _ = self.thaw();
+        for dir in self.dirs() {
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|pid| pid.parse::<i32>().ok()) {
+                // SAFETY: kill(2) with a pid read from the cgroup; at worst the process has
+                // exited meanwhile and the call fails with ESRCH.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.remove() {
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// The service's cgroups that process `pid` is in (for an init adopted after a restart),
+    /// from `/proc/<pid>/cgroup`. Cgroups outside the service's own tree are ignored.
+    pub(crate) fn of_process(pid: i32) -> Result<Cgroup, CgroupError> {
+        let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
+        let listing = fs::read_to_string(&path).map_err(|source| CgroupError::Io {
+            action: "read",
+            path,
+            source,
+        })?;
+        let h = hierarchies()?;
+        let mut cgroup = Cgroup::default();
+        for line in listing.lines() {
+            let mut fields = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(dir)) = (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let Some(inside) = dir.strip_prefix('/').filter(|d| d.starts_with(PARENT_DIR)) else {
+                continue;
+            };
+            let root = match controllers {
+                "" => &h.unified,
+                c if c.split(',').any(|c| c == "freezer") => &h.freezer,
+                c if c.split(',').any(|c| c == "name=systemd") => &h.systemd,
+                _ => continue,
+            };
+            let slot = match controllers {
+                "" => &mut cgroup.unified,
+                c if c.split(',').any(|c| c == "freezer") => &mut cgroup.freezer,
+                _ => &mut cgroup.systemd,
+            };
+            if let Some(root) = root {
+                *slot = Some(root.join(inside));
+            }
+        }
+        Ok(cgroup)
     }
 }
 

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions, WaitIdStatus};
@@ -11,7 +12,9 @@ use tokio::io::Interest;
 
 use super::cgroup::{Cgroup, CgroupError};
 use super::clone::Child;
+use super::proc::Stat;
 use super::reaper;
+use rustix::event::{PollFd, PollFlags, Timespec};
 
 /// How an init ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +23,9 @@ pub enum ExitStatus {
     Exited(i32),
     /// A signal of this number killed it.
     Signaled(i32),
+    /// It ended, but how is unknown: an init adopted after a restart of the service is not the
+    /// service's child, and only a parent learns its child's status.
+    Unknown,
 }
 
 impl ExitStatus {
@@ -44,6 +50,7 @@ impl fmt::Display for ExitStatus {
         match self {
             ExitStatus::Exited(code) => write!(f, "exited with code {code}"),
             ExitStatus::Signaled(signal) => write!(f, "killed by signal {signal}"),
+            ExitStatus::Unknown => f.write_str("ended with an unknown status"),
         }
     }
 }
@@ -63,6 +70,10 @@ pub struct Init {
     cgroup: Cgroup,
     /// Set once reaped: the status can be collected only once from the kernel.
     status: Mutex<Option<ExitStatus>>,
+    /// Set when the service stops and leaves the container running for its next start.
+    left_running: AtomicBool,
+    /// Taken up again after a restart: not the service's child, so its status cannot be reaped.
+    adopted: bool,
 }
 
 impl Init {
@@ -74,7 +85,41 @@ impl Init {
             start_time,
             cgroup,
             status: Mutex::new(None),
+            left_running: AtomicBool::new(false),
+            adopted: false,
         }
+    }
+
+    /// Takes up again, after a restart of the service, the init `pid` that started at
+    /// `start_time`; `None` when that process is gone (or the pid now names another one).
+    pub fn adopt(id: i64, pid: i32, start_time: u64) -> io::Result<Option<Init>> {
+        let same_process = || Stat::read(pid).map(|stat| stat.start_time == start_time).unwrap_or(false);
+        if !same_process() {
+            return Ok(None);
+        }
+        let Some(raw) = rustix::process::Pid::from_raw(pid) else {
+            return Ok(None);
+        };
+        let pidfd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+            Ok(pidfd) => pidfd,
+            Err(rustix::io::Errno::SRCH) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        // The pid could have been reused between the check and the open: check again, now
+        // that the pidfd pins the process.
+        if !same_process() {
+            return Ok(None);
+        }
+        Ok(Some(Init {
+            id,
+            pid,
+            pidfd,
+            start_time,
+            cgroup: Cgroup::of_process(pid).map_err(io::Error::other)?,
+            status: Mutex::new(None),
+            left_running: AtomicBool::new(false),
+            adopted: true,
+        }))
     }
 
     /// The container id.
@@ -166,6 +211,17 @@ impl Init {
         if reaped.is_some() {
             return Ok(*reaped);
         }
+        if self.adopted {
+            let mut pidfd = [PollFd::new(&self.pidfd, PollFlags::IN)];
+            if rustix::event::poll(&mut pidfd, Some(&Timespec::default()))? == 0 {
+                return Ok(None);
+            }
+            *reaped = Some(ExitStatus::Unknown);
+            if let Err(error) = self.cgroup.remove() {
+                tracing::warn!(id = self.id, %error, "cannot remove the container's cgroups");
+            }
+            return Ok(*reaped);
+        }
         let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
         let raw = reaper::reap_supervised(self.pid, || {
             Ok(waitid(WaitId::PidFd(self.pidfd.as_fd()), options)?)
@@ -184,8 +240,19 @@ impl Init {
     }
 }
 
+impl Init {
+    /// Gives up supervision without stopping the container: dropping this `Init` then leaves
+    /// the init running (for a service that stops and will adopt it again at its next start).
+    pub fn leave_running(&self) {
+        self.left_running.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Init {
     fn drop(&mut self) {
+        if self.left_running.load(Ordering::Relaxed) {
+            return;
+        }
         let status = self.status.get_mut();
         let reaped = status
             .unwrap_or_else(|poison| poison.into_inner())
@@ -197,6 +264,10 @@ impl Drop for Init {
         // that kill() still thaws.
         if let Err(error) = self.kill() {
             tracing::warn!(id = self.id, %error, "cannot kill a dropped container");
+        }
+        if self.adopted {
+            // Not our child: its parent reaps it; the cgroups go with the next start's check.
+            return;
         }
         reaper::abandon(self.pid, self.cgroup.clone());
     }

@@ -5,18 +5,22 @@
 //! and releases run on one queue, in the order the graph gives, so that a user is always
 //! released before what it uses.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use actix::prelude::*;
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::graph::{Graph, GraphError, ObjectKind, Removed, TxnId};
 use super::record::{self, Record};
-use crate::container::actor::{ChangeState, StateChanged};
+use crate::container::actor::{ChangeState, LeaveRunning, StateChanged};
 use crate::error::Error;
 use crate::model::wire::{ContainerState, Id};
+use crate::registry::build::off_event_loop;
 use crate::resource::ObjectAddr;
+use crate::store::{Facts, Store, FORMAT};
 
 /// A batch of objects to release in order; `done` fires once all of them are.
 struct ReleaseJob {
@@ -24,24 +28,86 @@ struct ReleaseJob {
     done: oneshot::Sender<()>,
 }
 
+/// One write of the store: the serialized snapshot, and who waits for it to be on disk.
+struct StoreWrite {
+    snapshot: Vec<u8>,
+    done: oneshot::Sender<Result<(), Error>>,
+}
+
+/// The state the registry starts from: empty, or reloaded from the store and checked against
+/// the kernel (see [`crate::restore`]).
+pub struct Initial {
+    pub instance: String,
+    pub graph: Graph<Record>,
+    pub facts: BTreeMap<Id, Facts>,
+    pub actors: HashMap<Id, ObjectAddr>,
+}
+
 pub struct Registry {
     graph: Graph<Record>,
+    /// What the kernel said about each object, to recognise it after a restart.
+    facts: BTreeMap<Id, Facts>,
+    instance: String,
     actors: HashMap<Id, ObjectAddr>,
     releases: mpsc::UnboundedSender<ReleaseJob>,
     release_queue: Option<mpsc::UnboundedReceiver<ReleaseJob>>,
+    store: Option<Arc<Store>>,
+    writes: Option<mpsc::UnboundedSender<StoreWrite>>,
     shutting_down: bool,
 }
 
+/// What the store holds, borrowed from the registry for serialization.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    format: u32,
+    instance: &'a str,
+    graph: &'a Graph<Record>,
+    facts: &'a BTreeMap<Id, Facts>,
+}
+
+/// A store write in flight: resolves once the change is on disk (at once without a store).
+pub type Persisted = futures::future::BoxFuture<'static, Result<(), Error>>;
+
 impl Registry {
-    pub fn new() -> Self {
+    pub fn new(initial: Initial, store: Option<Arc<Store>>) -> Self {
         let (releases, release_queue) = mpsc::unbounded_channel();
         Registry {
-            graph: Graph::new(),
-            actors: HashMap::new(),
+            graph: initial.graph,
+            facts: initial.facts,
+            instance: initial.instance,
+            actors: initial.actors,
             releases,
             release_queue: Some(release_queue),
+            store,
+            writes: None,
             shutting_down: false,
         }
+    }
+
+    /// Writes the current graph to the store, in order with every earlier write.
+    fn persist(&mut self) -> Persisted {
+        let Some(writes) = &self.writes else {
+            return Box::pin(async { Ok(()) });
+        };
+        self.facts.retain(|id, _| self.graph.get_any(*id).is_some());
+        let snapshot = serde_json::to_vec(&SnapshotRef {
+            format: FORMAT,
+            instance: &self.instance,
+            graph: &self.graph,
+            facts: &self.facts,
+        });
+        let (done, written) = oneshot::channel();
+        let queued = snapshot
+            .map_err(|err| Error::Store(err.to_string()))
+            .and_then(|snapshot| {
+                writes
+                    .send(StoreWrite { snapshot, done })
+                    .map_err(|_| Error::ShuttingDown)
+            });
+        Box::pin(async move {
+            queued?;
+            written.await.unwrap_or(Err(Error::ShuttingDown))
+        })
     }
 
     /// Queues the removed objects for release; the receiver fires when they are all released.
@@ -61,9 +127,15 @@ impl Registry {
     }
 }
 
-impl Default for Registry {
-    fn default() -> Self {
-        Self::new()
+/// Writes the current graph to the store.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+struct Persist;
+
+impl Handler<Persist> for Registry {
+    type Result = ResponseFuture<Result<(), Error>>;
+    fn handle(&mut self, _: Persist, _: &mut Self::Context) -> Self::Result {
+        self.persist()
     }
 }
 
@@ -72,9 +144,32 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
+        if let Some(store) = self.store.clone() {
+            let (writes, mut queue) = mpsc::unbounded_channel::<StoreWrite>();
+            self.writes = Some(writes);
+            actix_rt::spawn(async move {
+                while let Some(write) = queue.recv().await {
+                    let store = store.clone();
+                    let saved = off_event_loop(move || store.save(&write.snapshot))
+                        .await
+                        .unwrap_or(Ok(()))
+                        .map_err(|err| Error::Store(err.to_string()));
+                    if let Err(err) = &saved {
+                        warn!(error = %err, "state store write failed");
+                    }
+                    let _ = write.done.send(saved);
+                }
+            });
+            // The graph checked at start may differ from the stored one: store it first.
+            let first = self.persist();
+            actix_rt::spawn(async move {
+                let _ = first.await;
+            });
+        }
         let Some(mut queue) = self.release_queue.take() else {
             return;
         };
+        let registry = ctx.address();
         actix_rt::spawn(async move {
             while let Some(job) = queue.recv().await {
                 for (object, addr) in job.objects {
@@ -86,6 +181,9 @@ impl Actor for Registry {
                         }
                     }
                 }
+                // The store forgets the objects only once they are gone from the kernel: a crash
+                // mid-release leaves them listed, to be checked again at the next start.
+                let _ = registry.send(Persist).await;
                 let _ = job.done.send(());
             }
         });
@@ -145,12 +243,19 @@ pub struct Reserve {
 }
 
 impl Handler<Reserve> for Registry {
-    type Result = Result<Id, Error>;
+    type Result = ResponseFuture<Result<Id, Error>>;
     fn handle(&mut self, msg: Reserve, _: &mut Self::Context) -> Self::Result {
         let kind = msg.record.kind();
-        Ok(self
+        let reserved = self
             .graph
-            .reserve(msg.txn, kind, msg.name, msg.record, &msg.deps)?)
+            .reserve(msg.txn, kind, msg.name, msg.record, &msg.deps);
+        let id = match reserved {
+            Ok(id) => id,
+            Err(err) => return Box::pin(async move { Err(err.into()) }),
+        };
+        // The intent is on disk before the kernel step, so a crash during it is recognised.
+        let persisted = self.persist();
+        Box::pin(async move { persisted.await.map(|()| id) })
     }
 }
 
@@ -162,38 +267,48 @@ impl Handler<Reserve> for Registry {
 pub struct Ready {
     pub id: Id,
     pub record: Record,
+    pub facts: Option<Facts>,
     pub addr: ObjectAddr,
 }
 
 impl Handler<Ready> for Registry {
-    type Result = Result<(), Error>;
+    type Result = ResponseFuture<Result<(), Error>>;
     fn handle(&mut self, msg: Ready, _: &mut Self::Context) -> Self::Result {
         let Some(record) = self.graph.record_mut(msg.id) else {
-            return Err(if self.shutting_down {
+            let gone = if self.shutting_down {
                 Error::ShuttingDown
             } else {
                 GraphError::DependencyGone(msg.id).into()
-            });
+            };
+            return Box::pin(async move { Err(gone) });
         };
         *record = msg.record;
+        if let Some(facts) = msg.facts {
+            self.facts.insert(msg.id, facts);
+        }
         self.actors.insert(msg.id, msg.addr);
-        Ok(())
+        self.persist()
     }
 }
 
 /// Makes a transaction's objects visible; answers the top object's view.
 #[derive(Message)]
-#[rtype(result = "Option<Record>")]
+#[rtype(result = "Result<Record, Error>")]
 pub struct Commit {
     pub txn: TxnId,
     pub top: Id,
 }
 
 impl Handler<Commit> for Registry {
-    type Result = Option<Record>;
+    type Result = ResponseFuture<Result<Record, Error>>;
     fn handle(&mut self, msg: Commit, _: &mut Self::Context) -> Self::Result {
         self.graph.commit(msg.txn);
-        record::view(&self.graph, msg.top)
+        let view = record::view(&self.graph, msg.top).ok_or(Error::ShuttingDown);
+        let persisted = self.persist();
+        Box::pin(async move {
+            persisted.await?;
+            view
+        })
     }
 }
 
@@ -325,23 +440,35 @@ fn set_refs(record: &mut Record, refs: i64) {
     }
 }
 
-/// Refuses new creates and releases every object, users before what they use.
+/// Refuses new creates, then either releases every object (users before what they use) or
+/// leaves them all in place, containers running, for the next start to adopt.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Shutdown;
+pub struct Shutdown {
+    pub release: bool,
+}
 
 impl Handler<Shutdown> for Registry {
     type Result = ResponseFuture<()>;
-    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) -> Self::Result {
         self.shutting_down = true;
-        let removed = self.graph.drain_all();
-        info!(
-            objects = removed.len(),
-            "shutting down: releasing every object"
-        );
-        let finished = self.release(removed);
+        if msg.release {
+            let removed = self.graph.drain_all();
+            info!(objects = removed.len(), "shutting down: releasing every object");
+            let finished = self.release(removed);
+            return Box::pin(async move {
+                let _ = finished.await;
+            });
+        }
+        info!(objects = self.actors.len(), "shutting down: leaving every object in place");
+        for addr in self.actors.values() {
+            if let ObjectAddr::Container(container) = addr {
+                container.do_send(LeaveRunning);
+            }
+        }
+        let persisted = self.persist();
         Box::pin(async move {
-            let _ = finished.await;
+            let _ = persisted.await;
         })
     }
 }
@@ -349,12 +476,27 @@ impl Handler<Shutdown> for Registry {
 impl Handler<StateChanged> for Registry {
     type Result = ();
     fn handle(&mut self, msg: StateChanged, _: &mut Self::Context) {
-        if let Some(Record::Container(container)) = self.graph.record_mut(msg.id) {
-            container.state = Some(msg.state);
-            if msg.exit_code.is_some() {
-                container.exit_code = msg.exit_code;
-            }
+        let Some(Record::Container(container)) = self.graph.record_mut(msg.id) else {
+            return;
+        };
+        container.state = Some(msg.state);
+        if msg.exit_code.is_some() {
+            container.exit_code = msg.exit_code;
         }
+        match msg.init {
+            Some((pid, start_time)) => {
+                self.facts.insert(msg.id, Facts::Init { pid, start_time });
+            }
+            None if matches!(msg.state, ContainerState::Exited | ContainerState::Dead) => {
+                self.facts.remove(&msg.id);
+            }
+            None => {}
+        }
+        // Nobody waits for this write; it is ordered with every other one.
+        let persisted = self.persist();
+        actix_rt::spawn(async move {
+            let _ = persisted.await;
+        });
     }
 }
 

@@ -26,6 +26,7 @@ use crate::model::wire::{
 };
 use crate::mount::{self, MountActor, MountedFs};
 use crate::resource::ObjectAddr;
+use crate::store::Facts;
 use crate::EngineConfig;
 
 /// An object that exists for the transaction: made by it, or referenced by id.
@@ -85,6 +86,8 @@ pub(crate) struct Transaction {
     pub registry: Addr<Registry>,
     pub txn: TxnId,
     pub config: Arc<EngineConfig>,
+    /// The service's instance name, which tags its loop devices.
+    pub instance: Arc<str>,
 }
 
 fn mailbox_gone(_: actix::MailboxError) -> Error {
@@ -123,12 +126,19 @@ impl Transaction {
     }
 
     /// Registers the finished object; if the registry no longer wants it, gives its resource back.
-    async fn ready(&self, id: Id, record: Record, addr: ObjectAddr) -> Result<Built, Error> {
+    async fn ready(
+        &self,
+        id: Id,
+        record: Record,
+        facts: Option<Facts>,
+        addr: ObjectAddr,
+    ) -> Result<Built, Error> {
         let accepted = self
             .registry
             .send(Ready {
                 id,
                 record: record.clone(),
+                facts,
                 addr: addr.clone(),
             })
             .await
@@ -208,8 +218,9 @@ impl Transaction {
                     .reserve(None, Record::Attach(record.clone()), &base.deps())
                     .await?;
                 let base_dir = base.dir()?;
+                let tag = attach::loop_tag(&self.instance, id);
                 let device = blocking(move || {
-                    attach::attach_loopback(base_dir.as_deref(), &path, read_partitions)
+                    attach::attach_loopback(base_dir.as_deref(), &path, read_partitions, &tag)
                 })
                 .await?;
                 record.device_file = Some(device.device_file().display().to_string());
@@ -234,8 +245,9 @@ impl Transaction {
         device: AttachedDevice,
         deps: Vec<ObjectAddr>,
     ) -> Result<Built, Error> {
+        let facts = device.facts();
         let addr = ObjectAddr::Attach(AttachActor::start(id, device, deps));
-        self.ready(id, Record::Attach(record), addr).await
+        self.ready(id, Record::Attach(record), facts, addr).await
     }
 
     async fn new_mount(&self, def: MountDef) -> Result<Built, Error> {
@@ -396,6 +408,7 @@ impl Transaction {
             .ready(
                 id,
                 Record::Container(record),
+                None,
                 ObjectAddr::Container(actor.clone()),
             )
             .await?;
@@ -417,8 +430,10 @@ impl Transaction {
     ) -> Result<Built, Error> {
         record.mountpoint = Some(mounted.mountpoint().display().to_string());
         debug!(id, mountpoint = ?record.mountpoint, "mounted");
+        let facts = Some(mounted.facts());
         let addr = ObjectAddr::Mount(MountActor::start(id, mounted, deps));
-        self.ready(id, Record::Mount(record.clone()), addr).await
+        self.ready(id, Record::Mount(record.clone()), facts, addr)
+            .await
     }
 }
 

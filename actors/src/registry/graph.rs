@@ -325,6 +325,24 @@ impl<R> Graph<R> {
         Ok(self.release(orphans))
     }
 
+    /// Aborts every create still in progress (after a restart: the creates the previous run did
+    /// not finish), returning what they made in release order.
+    pub fn abort_pending(&mut self) -> Vec<Removed<R>> {
+        let mut txns: Vec<TxnId> = self
+            .nodes
+            .values()
+            .flat_map(|node| {
+                node.txn.into_iter().chain(node.holders.iter().filter_map(|h| match h {
+                    Holder::Pending(txn) => Some(*txn),
+                    _ => None,
+                }))
+            })
+            .collect();
+        txns.sort();
+        txns.dedup();
+        txns.into_iter().flat_map(|txn| self.abort(txn)).collect()
+    }
+
     /// Removes every node, visible or pending, in release order (at shutdown).
     pub fn drain_all(&mut self) -> Vec<Removed<R>> {
         let mut orphans = Vec::new();

@@ -24,9 +24,12 @@ const LOOP_CONTROL: &str = "/dev/loop-control";
 static ATTACH_TURN: Mutex<()> = Mutex::new(());
 
 mod ioctl {
-    use linux_raw_sys::loop_device::{loop_config, LOOP_CLR_FD, LOOP_CONFIGURE, LOOP_CTL_GET_FREE};
+    use linux_raw_sys::loop_device::{
+        loop_config, loop_info64, LOOP_CLR_FD, LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LOOP_GET_STATUS64,
+    };
 
     nix::ioctl_none_bad!(loop_ctl_get_free, LOOP_CTL_GET_FREE);
+    nix::ioctl_read_bad!(loop_get_status64, LOOP_GET_STATUS64, loop_info64);
     nix::ioctl_write_ptr_bad!(loop_configure, LOOP_CONFIGURE, loop_config);
     nix::ioctl_none_bad!(loop_clr_fd, LOOP_CLR_FD);
 }
@@ -48,6 +51,22 @@ impl LoopDevice {
     /// `backing` may be opened read-only when `read_only` is set. With `partscan`, the kernel scans the partition
     /// table, but `/dev/loopNpM` appear asynchronously: wait for them under `/sys/block/loopN/` before use.
     pub fn attach(backing: &File, read_only: bool, partscan: bool) -> Result<LoopDevice, SysError> {
+        Self::attach_tagged(backing, read_only, partscan, "")
+    }
+
+    /// [`LoopDevice::attach`], with `tag` (at most 63 bytes) stored as the device's
+    /// `lo_file_name`, where [`tag_of`] reads it back: it tells the service's devices apart
+    /// from everyone else's after a crash.
+    pub fn attach_tagged(
+        backing: &File,
+        read_only: bool,
+        partscan: bool,
+        tag: &str,
+    ) -> Result<LoopDevice, SysError> {
+        let mut file_name = [0u8; 64];
+        for (slot, byte) in file_name.iter_mut().zip(tag.bytes().take(63)) {
+            *slot = byte;
+        }
         let mut flags = 0;
         if read_only {
             flags |= LO_FLAGS_READ_ONLY as u32;
@@ -68,7 +87,7 @@ impl LoopDevice {
                 lo_encrypt_type: 0,
                 lo_encrypt_key_size: 0,
                 lo_flags: flags,
-                lo_file_name: [0; 64],
+                lo_file_name: file_name,
                 lo_crypt_name: [0; 64],
                 lo_encrypt_key: [0; 32],
                 lo_init: [0; 2],
@@ -132,6 +151,46 @@ impl LoopDevice {
             .map_err(sys_err(format!("LOOP_CLR_FD {}", self.path.display())))?;
         Ok(())
     }
+}
+
+impl LoopDevice {
+    /// Takes up again a device this service bound before it restarted: `/dev/loop<number>`
+    /// must still be bound to `expected_backing` (as sysfs shows it), else `None`.
+    pub fn adopt(number: u32, expected_backing: &Path) -> Option<LoopDevice> {
+        if backing_file(number).as_deref() != Some(expected_backing) {
+            return None;
+        }
+        let path = PathBuf::from(format!("/dev/loop{number}"));
+        let fd = open_rw(&path).ok()?;
+        Some(LoopDevice { number, path, fd })
+    }
+}
+
+/// The tag [`LoopDevice::attach_tagged`] stored on `/dev/loop<number>`; `None` when the device
+/// is not bound or cannot be asked.
+pub fn tag_of(number: u32) -> Option<String> {
+    let device = File::open(format!("/dev/loop{number}")).ok()?;
+    let mut info = std::mem::MaybeUninit::<loop_info64>::zeroed();
+    // SAFETY: `device` is an open loop device node and `info` is a writable loop_info64 the
+    // kernel fills in completely on success.
+    unsafe { ioctl::loop_get_status64(device.as_raw_fd(), info.as_mut_ptr()) }.ok()?;
+    // SAFETY: zero-initialised above and filled by the kernel: every field is plain data.
+    let info = unsafe { info.assume_init() };
+    let name = info.lo_file_name;
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// The numbers of the loop devices that are bound to a file.
+pub fn bound_devices() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.strip_prefix("loop")?.parse().ok())
+        .filter(|number| backing_file(*number).is_some())
+        .collect()
 }
 
 /// The sysfs `backing_file` of `/dev/loopN`, if bound.

@@ -282,6 +282,28 @@ pub fn is_mountpoint(path: &Path) -> Result<bool, SysError> {
     Ok(stx.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
 }
 
+/// The filesystem type of the mount whose mountpoint is exactly `path`, from
+/// `/proc/self/mountinfo` (the topmost one when several are stacked).
+pub fn mounted_fs_type(path: &Path) -> Option<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = path.to_str()?;
+    mountinfo.lines().rev().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let mountpoint = before.split(' ').nth(4)?;
+        let fs_type = after.split(' ').next()?;
+        (unescape_mountinfo(mountpoint) == wanted).then(|| fs_type.to_string())
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
