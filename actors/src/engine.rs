@@ -73,9 +73,15 @@ impl Engine {
     /// Makes the service's directories, becomes a child subreaper, reloads the state store
     /// (adopting what the previous run left, see [`crate::restore`]) and starts the registry on
     /// an arbiter of its own. Must be called inside an actix system, before serving.
-    pub async fn start(config: EngineConfig) -> Result<Engine, StartError> {
-        for dir in [&config.mount_dir, &config.log_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| StartError::Dir {
+    pub async fn start(mut config: EngineConfig) -> Result<Engine, StartError> {
+        for dir in [&mut config.mount_dir, &mut config.log_dir] {
+            let prepare = |dir: &PathBuf| {
+                std::fs::create_dir_all(dir)?;
+                std::fs::canonicalize(dir)
+            };
+            // The kernel names mountpoints by their real path (the default /var/run is a link
+            // to /run): recorded mountpoints must be the ones mountinfo shows.
+            *dir = prepare(dir).map_err(|source| StartError::Dir {
                 path: dir.clone(),
                 source,
             })?;

@@ -209,6 +209,22 @@ mod tests {
         assert_eq!(leftovers.len(), 2, "only the store and its lock: {leftovers:?}");
     }
 
+    /// A store written by the first format's service, kept as it was: every later service must
+    /// still load it (through `upgrade`), so a node's graph survives an upgrade of the service.
+    #[test]
+    fn a_format_1_store_still_loads() {
+        let stored = include_str!("../tests/data/state-format-1.json");
+        let snapshot = upgrade(serde_json::from_str(stored).unwrap()).unwrap();
+        assert_eq!(snapshot.graph.iter().count(), 4);
+        assert_eq!(snapshot.graph.next_id(), 5);
+        assert!(snapshot
+            .facts
+            .values()
+            .any(|facts| matches!(facts, Facts::Loop { .. })));
+        let container = snapshot.graph.by_name("web").unwrap();
+        assert_eq!(container.deps.len(), 1);
+    }
+
     #[test]
     fn a_second_service_on_the_same_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();

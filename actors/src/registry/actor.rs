@@ -148,16 +148,26 @@ impl Actor for Registry {
             let (writes, mut queue) = mpsc::unbounded_channel::<StoreWrite>();
             self.writes = Some(writes);
             actix_rt::spawn(async move {
-                while let Some(write) = queue.recv().await {
+                while let Some(first) = queue.recv().await {
+                    // Snapshots that queued up meanwhile are all older than the newest one:
+                    // writing that one makes every change durable, with one sync for them all.
+                    let mut waiting = vec![first.done];
+                    let mut newest = first.snapshot;
+                    while let Ok(next) = queue.try_recv() {
+                        waiting.push(next.done);
+                        newest = next.snapshot;
+                    }
                     let store = store.clone();
-                    let saved = off_event_loop(move || store.save(&write.snapshot))
+                    let saved = off_event_loop(move || store.save(&newest))
                         .await
                         .unwrap_or(Ok(()))
-                        .map_err(|err| Error::Store(err.to_string()));
+                        .map_err(|err| err.to_string());
                     if let Err(err) = &saved {
                         warn!(error = %err, "state store write failed");
                     }
-                    let _ = write.done.send(saved);
+                    for done in waiting {
+                        let _ = done.send(saved.clone().map_err(Error::Store));
+                    }
                 }
             });
             // The graph checked at start may differ from the stored one: store it first.

@@ -286,7 +286,8 @@ pub fn is_mountpoint(path: &Path) -> Result<bool, SysError> {
 /// `/proc/self/mountinfo` (the topmost one when several are stacked).
 pub fn mounted_fs_type(path: &Path) -> Option<String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let wanted = path.to_str()?;
+    let real = std::fs::canonicalize(path).ok()?;
+    let wanted = real.to_str()?;
     mountinfo.lines().rev().find_map(|line| {
         let (before, after) = line.split_once(" - ")?;
         let mountpoint = before.split(' ').nth(4)?;
