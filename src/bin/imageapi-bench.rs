@@ -1,0 +1,1871 @@
+//! imageapi-bench: what it costs to go from an image file to a running container init, measured
+//! twice on the same machine in one run, and how the service holds up with many containers.
+//!
+//! 1. The kernel floor: the engine's own sys layer and container runtime, in this process, with
+//!    no service: loop attach of a squashfs image, squashfs mount, overlay, launch of an init
+//!    running `/bin/true` in mnt+pid+uts+ipc namespaces until it is reaped, teardown.
+//! 2. The service: `imageapi-server` (next to this executable) on a private unix socket; per
+//!    iteration one nested `POST /container` (container -> overlay -> squashfs -> loopback,
+//!    `state: running`, `/bin/true`), `GET ?id=` until it has exited, `DELETE`.
+//! 3. Many containers: N `sleep` containers over one shared squashfs mount, each with its own
+//!    overlay; the start time of one more container as the number running grows, the service's
+//!    resident memory, and a forced delete of them all with a check that everything is released.
+//!
+//! It builds its own image (static busybox, `mksquashfs`), must run as root, and cleans up after
+//! itself, also on error or Ctrl-C. Everything lives in a private directory under --work-dir with
+//! a tmpfs mounted on it (as the service's mount dir lives on the /run tmpfs in production),
+//! except the service's state dir, which sits next to it on the disk filesystem (as /var/lib
+//! does). The HTTP client is a minimal HTTP/1.1 one over a kept-alive unix socket connection
+//! (reopened after a second idle, well inside actix's 5 s keep-alive).
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::symlink;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use actors::container::{launch, InitConfig};
+use actors::model::wire::Namespace;
+use actors::sys::loopdev::LoopDevice;
+use actors::sys::mounts::{mount_filesystem, overlay, parse_mount_options, unmount};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use clap::Parser;
+use serde_json::{json, Value};
+
+/// The busybox the image is made of (Debian/Ubuntu package busybox-static).
+const BUSYBOX: &str = "/usr/bin/busybox";
+/// The applets linked in the image's /bin.
+const APPLETS: [&str; 3] = ["sh", "true", "sleep"];
+/// The API's base path.
+const API: &str = "/imageapi/v1";
+/// How often the service is asked whether a container has exited.
+const POLL_INTERVAL: Duration = Duration::from_micros(200);
+/// A kept-alive connection idle longer than this is reopened before use.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+/// Upper bound for anything that should take milliseconds (a container run, a release).
+const PATIENCE: Duration = Duration::from_secs(20);
+/// Container ids of the in-process floor (its cgroups are `imageapi/pid<bench pid>-<id>`): far
+/// above any id a service hands out, and recognisable when checking that none is left.
+const FLOOR_ID_BASE: i64 = 1 << 40;
+/// The container counts at which the start time of one more container is printed.
+const MILESTONES: [usize; 5] = [1, 50, 100, 150, 200];
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "imageapi-bench",
+    about = "Image-to-init cost: the kernel floor, the service, and many containers (run as root)"
+)]
+struct Args {
+    /// Measured image-to-init cycles, for the floor and for the service each (after one
+    /// uncounted warm-up cycle each).
+    #[arg(long, default_value_t = 50)]
+    iterations: usize,
+    /// Containers kept running at once in part 3 (0 skips it).
+    #[arg(long, default_value_t = 200)]
+    containers: usize,
+    /// Where the private working directory (image, mounts, service socket) is made.
+    #[arg(long, default_value = "/tmp")]
+    work_dir: PathBuf,
+    /// Keep the working directory on the filesystem of --work-dir instead of mounting a private
+    /// tmpfs on it. The service's mount dir (overlay upper and work dirs) lives there, as it
+    /// lives on the /run tmpfs in production; on a disk filesystem every overlay unmount syncs
+    /// that whole filesystem.
+    #[arg(long)]
+    no_tmpfs: bool,
+    /// Put the service's state dir (its crash-safe store) in the working directory too, instead
+    /// of on the disk filesystem of --work-dir, where production keeps it (/var/lib): shows what
+    /// the store's syncs cost.
+    #[arg(long)]
+    state_in_work_dir: bool,
+    /// The service binary; by default `imageapi-server` next to this executable.
+    #[arg(long)]
+    server: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    // The container runtime re-executes this binary as the container init.
+    actors::container::run_if_init();
+    let args = Args::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(io::stderr)
+            .init();
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("imageapi-bench: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// println! that never panics: a closed stdout (`| head`) must not abort the bench before it has
+/// cleaned up (the release profile aborts on panic, skipping every guard).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stdout(), $($arg)*);
+    }};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------------------
+
+fn run(args: &Args) -> Result<()> {
+    ensure!(args.iterations > 0, "--iterations must be at least 1");
+    install_interrupt_flag()?;
+    ensure!(
+        is_root()?,
+        "must run as root (loop devices, mounts, namespaces)"
+    );
+    let server = match &args.server {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("finding this executable")?
+            .with_file_name("imageapi-server"),
+    };
+    ensure!(
+        server.is_file(),
+        "service binary {} not found: build it first (cargo build --release --bins)",
+        server.display()
+    );
+
+    // Dropped last: unmounts, detaches and removes whatever is left under it.
+    let work = Workspace::create(&args.work_dir, !args.no_tmpfs, args.state_in_work_dir)?;
+    let image = build_image(work.path())?;
+    out!("{}", header(args, &server, &image, &work)?);
+    let others = other_services();
+    if !others.is_empty() {
+        out!(
+            "warning: other imageapi-server processes run on this host (pids {}): their load skews the figures",
+            others.join(", ")
+        );
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a tokio runtime")?;
+    let floor = floor_cycles(&runtime, work.path(), &image.path, args.iterations)?;
+    print_floor(&floor);
+    let scale_floor = if args.containers > 0 {
+        Some(floor_many(
+            &runtime,
+            work.path(),
+            &image.path,
+            args.containers,
+        )?)
+    } else {
+        None
+    };
+
+    // Dropped before the workspace: SIGTERM, wait.
+    let mut service = Service::start(&server, &work.path().join("service"), &work.state)?;
+    let mut client = Client::new(service.socket.clone());
+    let figures = service_cycles(&mut service, &mut client, &image.path, args.iterations)?;
+    print_service(&figures, &floor);
+
+    if args.containers > 0 {
+        let scale = many_containers(&mut service, &mut client, &image.path, args.containers)?;
+        print_scale(&scale, scale_floor.as_ref());
+    }
+
+    drop(client);
+    let status = service.stop()?;
+    ensure!(status.success(), "imageapi-server exited with {status}");
+    let leaks = Leaks::under(work.path());
+    ensure!(
+        leaks.is_empty(),
+        "left behind after the service stopped: {leaks}"
+    );
+    drop(service);
+    let (dir, state) = (work.path().to_owned(), work.state.clone());
+    drop(work);
+    let mut left = floor_cgroups_left();
+    if mountinfo().iter().any(|m| m.mount_point.starts_with(&dir)) {
+        left.push(format!("mounts under {}", dir.display()));
+    }
+    left.extend(
+        [&dir, &state]
+            .into_iter()
+            .filter(|d| d.exists())
+            .map(|d| d.display().to_string()),
+    );
+    ensure!(left.is_empty(), "left behind: {}", left.join(", "));
+    out!(
+        "\nafter SIGTERM the service exited 0; nothing left behind: no mount, loop device, container cgroup or file of this run ({} removed)",
+        dir.display()
+    );
+    out!(
+        "reproduce (as root on an otherwise idle machine; needs busybox-static and squashfs-tools): \
+         cargo build --release --bins && target/release/imageapi-bench --iterations {} --containers {}{}{}",
+        args.iterations,
+        args.containers,
+        if args.no_tmpfs { " --no-tmpfs" } else { "" },
+        if args.state_in_work_dir { " --state-in-work-dir" } else { "" }
+    );
+    Ok(())
+}
+
+fn header(args: &Args, server: &Path, image: &Image, work: &Workspace) -> Result<String> {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    let load = fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let built = fs::metadata(server)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map_or_else(|| "?".into(), |age| format!("{} s ago", age.as_secs()));
+    Ok(format!(
+        "imageapi-bench: kernel {}, {cpus} CPUs, load average {}; image: static busybox, squashfs {} ({} kB, in page cache)\n\
+         work dir {}; service {} (built {built}); {} cycles each after 1 warm-up; times in µs",
+        kernel.trim(),
+        load.trim(),
+        image.compression,
+        image.size / 1024,
+        work.describe(),
+        server.display(),
+        args.iterations,
+    ))
+}
+
+/// Pids of running `imageapi-server` processes (none of them ours yet).
+fn other_services() -> Vec<String> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            pid.parse::<u32>().ok()?;
+            let comm = fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim_end() == "imageapi-server").then_some(pid)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interrupts, privileges
+// ---------------------------------------------------------------------------------------------
+
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Ctrl-C and SIGTERM set a flag that every loop checks, so that the bench unwinds through its
+/// guards and cleans up instead of dying with mounts in place.
+fn install_interrupt_flag() -> Result<()> {
+    let flag = INTERRUPTED.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, flag.clone()).context("installing signal handlers")?;
+    }
+    Ok(())
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.get().is_some_and(|f| f.load(Ordering::Relaxed)) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn is_root() -> Result<bool> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .ok_or_else(|| anyhow!("no effective Uid in /proc/self/status"))?;
+    Ok(uid == "0")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The working directory and what may be left in it
+// ---------------------------------------------------------------------------------------------
+
+/// The bench's private directory. Dropping it releases every mount and loop device found under
+/// it (deepest first, lazily if busy), and removes it unless something could not be released.
+struct Workspace {
+    dir: PathBuf,
+    /// Whether a private tmpfs is mounted on `dir`.
+    tmpfs: bool,
+    /// The service's state dir: next to `dir`, on the disk filesystem, as /var/lib is.
+    state: PathBuf,
+}
+
+impl Workspace {
+    fn create(parent: &Path, tmpfs: bool, state_inside: bool) -> Result<Workspace> {
+        let parent = fs::canonicalize(parent)
+            .with_context(|| format!("working directory {}", parent.display()))?;
+        let pid = std::process::id();
+        for attempt in 0..100 {
+            let dir = parent.join(format!("imageapi-bench-{pid}-{attempt}"));
+            match fs::create_dir(&dir) {
+                Ok(()) => {
+                    let state = if state_inside {
+                        dir.join("state")
+                    } else {
+                        dir.with_extension("state")
+                    };
+                    let mut work = Workspace {
+                        dir,
+                        tmpfs: false,
+                        state,
+                    };
+                    if tmpfs {
+                        let options = parse_mount_options(&["mode=0700".to_owned()]);
+                        mount_filesystem(Path::new("tmpfs"), &work.dir, "tmpfs", &options)
+                            .context("mounting a private tmpfs on the working directory")?;
+                        work.tmpfs = true;
+                    }
+                    fs::create_dir(&work.state)
+                        .with_context(|| format!("creating {}", work.state.display()))?;
+                    return Ok(work);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+            }
+        }
+        bail!("no free working directory name under {}", parent.display())
+    }
+
+    fn describe(&self) -> String {
+        let fs_type = |dir: &Path| {
+            mountinfo()
+                .into_iter()
+                .filter(|m| dir.starts_with(&m.mount_point))
+                .max_by_key(|m| m.mount_point.as_os_str().len())
+                .map_or_else(|| "?".into(), |m| m.fs_type)
+        };
+        let dir = if self.tmpfs {
+            format!("{} (a private tmpfs)", self.dir.display())
+        } else {
+            format!("{} (on {})", self.dir.display(), fs_type(&self.dir))
+        };
+        format!(
+            "{dir}, service state dir {} (on {})",
+            self.state.display(),
+            fs_type(&self.state)
+        )
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.state) {
+            if e.kind() != io::ErrorKind::NotFound {
+                eprintln!(
+                    "imageapi-bench: cannot remove {}: {e}",
+                    self.state.display()
+                );
+            }
+        }
+        let leaks = Leaks::under(&self.dir);
+        if !leaks.is_empty() {
+            eprintln!("imageapi-bench: cleaning up: {leaks}");
+            leaks.release();
+        }
+        let mut left = Leaks::under(&self.dir);
+        if !left.loops.is_empty() {
+            // A detached loop device goes at its last close, which may come a moment later.
+            wait_until(|| {
+                left = Leaks::under(&self.dir);
+                left.is_empty()
+            });
+        }
+        if self.tmpfs && left.is_empty() {
+            match unmount(&self.dir) {
+                Ok(()) => self.tmpfs = false,
+                Err(e) => eprintln!("imageapi-bench: {e}"),
+            }
+        }
+        if left.is_empty() && !self.tmpfs {
+            if let Err(e) = fs::remove_dir_all(&self.dir) {
+                eprintln!("imageapi-bench: cannot remove {}: {e}", self.dir.display());
+            }
+        } else {
+            // Never recurse into a mounted filesystem.
+            eprintln!(
+                "imageapi-bench: could not release {left}; keeping {}",
+                self.dir.display()
+            );
+        }
+    }
+}
+
+/// Mounts and loop devices below a directory, as the kernel lists them.
+#[derive(Debug, Default)]
+struct Leaks {
+    /// Mount points, deepest first.
+    mounts: Vec<PathBuf>,
+    /// `(device, backing file)`.
+    loops: Vec<(String, String)>,
+}
+
+impl Leaks {
+    fn under(dir: &Path) -> Leaks {
+        let mut mounts: Vec<PathBuf> = mountinfo()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p.starts_with(dir) && p != dir)
+            .collect();
+        mounts.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        let loops = loop_devices()
+            .into_iter()
+            .filter(|(_, backing)| Path::new(backing).starts_with(dir))
+            .collect();
+        Leaks { mounts, loops }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.mounts.is_empty() && self.loops.is_empty()
+    }
+
+    /// Best effort: unmount (lazily if busy), then detach.
+    fn release(&self) {
+        for mount in &self.mounts {
+            if unmount(mount).is_err() {
+                let _ = Command::new("umount").arg("-l").arg(mount).status();
+            }
+        }
+        for (device, _) in &self.loops {
+            let _ = Command::new("losetup").arg("-d").arg(device).status();
+        }
+    }
+}
+
+impl std::fmt::Display for Leaks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mounts: Vec<_> = self
+            .mounts
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let loops: Vec<_> = self
+            .loops
+            .iter()
+            .map(|(d, b)| format!("{d} ({b})"))
+            .collect();
+        write!(
+            f,
+            "mounts [{}], loop devices [{}]",
+            mounts.join(", "),
+            loops.join(", ")
+        )
+    }
+}
+
+struct MountEntry {
+    mount_point: PathBuf,
+    fs_type: String,
+}
+
+fn mountinfo() -> Vec<MountEntry> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let fs_type = right.split(' ').next()?;
+            Some(MountEntry {
+                mount_point: PathBuf::from(unescape_octal(mount_point)),
+                fs_type: fs_type.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Bound loop devices: `(/dev/loopN, backing file)`.
+fn loop_devices() -> Vec<(String, String)> {
+    let Ok(entries) = fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            if !name.starts_with("loop") {
+                return None;
+            }
+            let backing = fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
+            Some((format!("/dev/{name}"), backing.trim_end().to_owned()))
+        })
+        .collect()
+}
+
+/// Waits until `done` holds or [`PATIENCE`] ran out; whether it held.
+fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The image
+// ---------------------------------------------------------------------------------------------
+
+struct Image {
+    path: PathBuf,
+    compression: &'static str,
+    size: u64,
+}
+
+fn build_image(work: &Path) -> Result<Image> {
+    let busybox = Path::new(BUSYBOX);
+    ensure!(
+        busybox.is_file(),
+        "{BUSYBOX} not found: install busybox-static (apt-get install busybox-static)"
+    );
+    ensure!(
+        !is_dynamic_elf(busybox)?,
+        "{BUSYBOX} is dynamically linked and cannot run alone in the image: install busybox-static"
+    );
+    let root = work.join("image-root");
+    let bin = root.join("bin");
+    fs::create_dir_all(&bin).context("creating the image tree")?;
+    for dir in ["proc", "sys", "dev", "tmp"] {
+        fs::create_dir(root.join(dir)).context("creating the image tree")?;
+    }
+    fs::copy(busybox, bin.join("busybox")).context("copying busybox into the image")?;
+    for applet in APPLETS {
+        symlink("busybox", bin.join(applet)).context("linking busybox applets")?;
+    }
+    let path = work.join("image.squashfs");
+    let mut last_error = String::new();
+    for compression in ["zstd", "gzip"] {
+        let output = Command::new("mksquashfs")
+            .arg(&root)
+            .arg(&path)
+            .args(["-noappend", "-quiet", "-no-progress", "-comp", compression])
+            .stdin(Stdio::null())
+            .output();
+        let output = match output {
+            Ok(output) => output,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                bail!("mksquashfs not found: install squashfs-tools")
+            }
+            Err(e) => return Err(e).context("running mksquashfs"),
+        };
+        if output.status.success() {
+            let size = fs::metadata(&path).context("the new image")?.len();
+            return Ok(Image {
+                path,
+                compression,
+                size,
+            });
+        }
+        last_error = format!(
+            "{}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    bail!("mksquashfs failed with zstd and with gzip: {last_error}")
+}
+
+/// Whether a 64-bit little-endian ELF file asks for a program interpreter (PT_INTERP). Other
+/// formats are not checked.
+fn is_dynamic_elf(path: &Path) -> Result<bool> {
+    let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 || data[5] != 1 {
+        return Ok(false);
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([data[at], data[at + 1]]) as usize;
+    let mut phoff = [0u8; 8];
+    phoff.copy_from_slice(&data[0x20..0x28]);
+    let phoff = u64::from_le_bytes(phoff) as usize;
+    let (entry_size, count) = (u16_at(0x36), u16_at(0x38));
+    Ok((0..count).any(|i| {
+        let at = i
+            .checked_mul(entry_size)
+            .and_then(|offset| offset.checked_add(phoff));
+        at.and_then(|at| data.get(at..at.checked_add(4)?)) == Some(&3u32.to_le_bytes()[..])
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and printing
+// ---------------------------------------------------------------------------------------------
+
+/// The `q` quantile (nearest rank) of some durations.
+fn quantile(samples: &[Duration], q: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn median(samples: &[Duration]) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2
+    }
+}
+
+fn us(d: Duration) -> u128 {
+    d.as_micros()
+}
+
+fn row(name: &str, samples: &[Duration]) {
+    out!(
+        "  {name:<52} {:>9} {:>9} {:>9}",
+        us(median(samples)),
+        us(quantile(samples, 0.9)),
+        us(quantile(samples, 1.0))
+    );
+}
+
+fn table_head(title: &str) {
+    out!("\n{title}");
+    out!("  {:<52} {:>9} {:>9} {:>9}", "step", "median", "p90", "max");
+}
+
+fn ratio(a: Duration, b: Duration) -> String {
+    if b.is_zero() {
+        return "-".into();
+    }
+    format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The kernel floor, in process
+// ---------------------------------------------------------------------------------------------
+
+/// How often an unmount met EBUSY and was tried again.
+static UNMOUNT_RETRIES: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Default)]
+struct Floor {
+    attach: Vec<Duration>,
+    mount: Vec<Duration>,
+    overlay: Vec<Duration>,
+    launch: Vec<Duration>,
+    reaped: Vec<Duration>,
+    teardown: Vec<Duration>,
+    /// Parts of the teardown: umount overlay, umount squashfs, LOOP_CLR_FD, rm dirs.
+    teardown_parts: [Vec<Duration>; 4],
+    to_exec: Vec<Duration>,
+    total: Vec<Duration>,
+}
+
+/// What one floor cycle holds; dropping it releases what is still held, users first.
+struct FloorCycle {
+    dir: PathBuf,
+    device: Option<LoopDevice>,
+    lower: Option<PathBuf>,
+    root: Option<PathBuf>,
+}
+
+impl FloorCycle {
+    /// Releases, users first; the times of umount overlay, umount squashfs, detach, rm dirs.
+    fn teardown(&mut self) -> Result<[Duration; 4]> {
+        let mut times = [Duration::ZERO; 4];
+        let mut t = Instant::now();
+        let mut lap = |i: usize| {
+            times[i] = t.elapsed();
+            t = Instant::now();
+        };
+        if let Some(root) = &self.root {
+            unmount_retrying(root)?;
+            self.root = None;
+        }
+        lap(0);
+        if let Some(lower) = &self.lower {
+            unmount_retrying(lower)?;
+            self.lower = None;
+        }
+        lap(1);
+        if let Some(device) = self.device.take() {
+            device.detach().context("detaching the loop device")?;
+        }
+        lap(2);
+        if self.dir.exists() {
+            fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("removing {}", self.dir.display()))?;
+        }
+        lap(3);
+        Ok(times)
+    }
+}
+
+impl Drop for FloorCycle {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!("imageapi-bench: floor teardown: {e:#}");
+        }
+    }
+}
+
+/// Unmounts, trying again for a moment while the kernel still calls the mount busy.
+fn unmount_retrying(target: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match unmount(target) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if io::Error::from_raw_os_error(e.errno as i32).kind()
+                    == io::ErrorKind::ResourceBusy
+                    && Instant::now() < deadline =>
+            {
+                UNMOUNT_RETRIES.fetch_add(1, Ordering::Relaxed);
+                thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The container id (and cgroup name) of the floor's container number `n`.
+fn init_config_id(n: i64) -> i64 {
+    FLOOR_ID_BASE + i64::from(std::process::id()) * 1_000_000 + n
+}
+
+/// What the service's container actor gives an init, for container number `n` of the floor.
+fn init_config(n: i64, rootfs: PathBuf, command: &str, log: File) -> InitConfig {
+    InitConfig {
+        id: init_config_id(n),
+        rootfs,
+        argv: command.split_whitespace().map(str::to_owned).collect(),
+        env: vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            "container=imageapi".into(),
+            "HOME=/".into(),
+            "TERM=linux".into(),
+        ],
+        hostname: format!("bench-{n}"),
+        namespaces: BTreeSet::from([
+            Namespace::Mnt,
+            Namespace::Pid,
+            Namespace::Uts,
+            Namespace::Ipc,
+        ]),
+        systemd: false,
+        log,
+    }
+}
+
+fn open_log(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .context("opening the console log")
+}
+
+fn floor_cycles(
+    runtime: &tokio::runtime::Runtime,
+    work: &Path,
+    image: &Path,
+    iterations: usize,
+) -> Result<Floor> {
+    let base = work.join("floor");
+    fs::create_dir(&base).context("creating the floor directory")?;
+    let log_path = base.join("console.log");
+    let mut floor = Floor::default();
+    // Cycle 0 is the warm-up: the first launch copies this binary into a sealed memfd once.
+    for i in 0..=iterations {
+        check_interrupted()?;
+        let cycle = floor_cycle(runtime, &base, image, &log_path, i)
+            .with_context(|| format!("floor cycle {i}"))?;
+        if i == 0 {
+            continue;
+        }
+        let [attach, mount, ovl, exec, reaped, parts @ ..] = cycle;
+        floor.attach.push(attach);
+        floor.mount.push(mount);
+        floor.overlay.push(ovl);
+        floor.launch.push(exec);
+        floor.reaped.push(reaped);
+        floor.teardown.push(parts.iter().sum());
+        for (samples, part) in floor.teardown_parts.iter_mut().zip(parts) {
+            samples.push(part);
+        }
+        floor.to_exec.push(attach + mount + ovl + exec);
+        floor.total.push(cycle.iter().sum());
+    }
+    fs::remove_dir_all(&base).context("removing the floor directory")?;
+    Ok(floor)
+}
+
+/// One cycle; the times of attach, mount, overlay, launch (to exec), exec to reaped, and the
+/// four parts of the teardown.
+fn floor_cycle(
+    runtime: &tokio::runtime::Runtime,
+    base: &Path,
+    image: &Path,
+    log_path: &Path,
+    i: usize,
+) -> Result<[Duration; 9]> {
+    let dir = base.join(i.to_string());
+    fs::create_dir(&dir)?;
+    let mut cycle = FloorCycle {
+        dir: dir.clone(),
+        device: None,
+        lower: None,
+        root: None,
+    };
+
+    let start = Instant::now();
+    let file = File::open(image).context("opening the image")?;
+    let device = LoopDevice::attach(&file, true, false)?;
+    drop(file);
+    let device_path = device.path().to_owned();
+    cycle.device = Some(device);
+    let attached = Instant::now();
+
+    let lower = dir.join("lower");
+    fs::create_dir(&lower)?;
+    let options = parse_mount_options(&["ro".to_owned()]);
+    mount_filesystem(&device_path, &lower, "squashfs", &options)?;
+    cycle.lower = Some(lower.clone());
+    let mounted = Instant::now();
+
+    let (root, upper, workdir) = (dir.join("root"), dir.join("rw/upper"), dir.join("rw/work"));
+    for d in [&root, &upper, &workdir] {
+        fs::create_dir_all(d)?;
+    }
+    overlay(&[lower], &upper, &workdir, &root)?;
+    cycle.root = Some(root.clone());
+    let overlaid = Instant::now();
+
+    let log = open_log(log_path)?;
+    let init =
+        launch(init_config(i as i64, root, "/bin/true", log)).context("launching the init")?;
+    let launched = Instant::now();
+
+    // The timer must be made inside the runtime.
+    let waited = runtime.block_on(async { tokio::time::timeout(PATIENCE, init.wait()).await });
+    let status = match waited {
+        Ok(status) => status.context("waiting for the init")?,
+        Err(_) => {
+            let _ = init.kill();
+            let _ = runtime.block_on(async { tokio::time::timeout(PATIENCE, init.wait()).await });
+            bail!("/bin/true did not exit within {PATIENCE:?}");
+        }
+    };
+    ensure!(status.success(), "/bin/true in the container: {status}");
+    let reaped = Instant::now();
+    drop(init);
+
+    let [umount_overlay, umount_lower, detach, remove] = cycle.teardown()?;
+    Ok([
+        attached - start,
+        mounted - attached,
+        overlaid - mounted,
+        launched - overlaid,
+        reaped - launched,
+        umount_overlay,
+        umount_lower,
+        detach,
+        remove,
+    ])
+}
+
+fn print_floor(floor: &Floor) {
+    table_head(
+        "1. Kernel floor: in-process actors::sys + actors::container::launch, no service (mnt+pid+uts+ipc)",
+    );
+    row("loop attach (open image, LOOP_CONFIGURE)", &floor.attach);
+    row("mount squashfs ro (mkdir + mount)", &floor.mount);
+    row("overlay (3 mkdirs + mount)", &floor.overlay);
+    row("launch: clone -> /bin/true exec'd", &floor.launch);
+    row("exec'd -> exited and reaped", &floor.reaped);
+    row(
+        "teardown (2 umounts, LOOP_CLR_FD, rm dirs)",
+        &floor.teardown,
+    );
+    let names = [
+        "umount overlay",
+        "umount squashfs",
+        "LOOP_CLR_FD",
+        "rm dirs",
+    ];
+    for (name, samples) in names.iter().zip(&floor.teardown_parts) {
+        row(&format!("  of which {name}"), samples);
+    }
+    row("image -> init exec'd (attach..launch)", &floor.to_exec);
+    row("full cycle", &floor.total);
+    let retries = UNMOUNT_RETRIES.load(Ordering::Relaxed);
+    if retries > 0 {
+        out!("  note: unmounts met EBUSY {retries} times and were retried (counted in teardown)");
+    }
+}
+
+/// The in-process counterpart of part 3: containers started one after another over one shared
+/// squashfs mount, each on its own overlay, all left running; then killed and reaped.
+struct FloorMany {
+    /// Overlay + launch (to exec) of the k-th container.
+    creates: Vec<Duration>,
+    /// SIGKILL to every init, then reaping them all.
+    kill_all: Duration,
+}
+
+/// What the in-process scale run holds; dropping it kills the inits and releases the rest.
+struct ManyGuard {
+    dir: PathBuf,
+    inits: Vec<actors::container::Init>,
+    overlays: Vec<PathBuf>,
+    lower: Option<PathBuf>,
+    device: Option<LoopDevice>,
+}
+
+impl ManyGuard {
+    fn release(&mut self) -> Result<()> {
+        for init in self.inits.drain(..) {
+            // Dropping an unreaped init kills it and leaves the reaping to the reaper.
+            drop(init);
+        }
+        while let Some(root) = self.overlays.last() {
+            unmount_retrying(root)?;
+            self.overlays.pop();
+        }
+        if let Some(lower) = &self.lower {
+            unmount_retrying(lower)?;
+            self.lower = None;
+        }
+        if let Some(device) = self.device.take() {
+            device.detach().context("detaching the loop device")?;
+        }
+        if self.dir.exists() {
+            fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("removing {}", self.dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ManyGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            eprintln!("imageapi-bench: floor release: {e:#}");
+        }
+    }
+}
+
+fn floor_many(
+    runtime: &tokio::runtime::Runtime,
+    work: &Path,
+    image: &Path,
+    count: usize,
+) -> Result<FloorMany> {
+    let dir = work.join("floor-many");
+    fs::create_dir(&dir).context("creating the floor directory")?;
+    let mut guard = ManyGuard {
+        dir: dir.clone(),
+        inits: Vec::with_capacity(count),
+        overlays: Vec::with_capacity(count),
+        lower: None,
+        device: None,
+    };
+    let file = File::open(image).context("opening the image")?;
+    let device = guard.device.insert(LoopDevice::attach(&file, true, false)?);
+    let device_path = device.path().to_owned();
+    let lower = dir.join("lower");
+    fs::create_dir(&lower)?;
+    let options = parse_mount_options(&["ro".to_owned()]);
+    mount_filesystem(&device_path, &lower, "squashfs", &options)?;
+    guard.lower = Some(lower.clone());
+    let log_path = dir.join("console.log");
+
+    let mut creates = Vec::with_capacity(count);
+    for k in 1..=count {
+        check_interrupted()?;
+        let start = Instant::now();
+        let base = dir.join(k.to_string());
+        let (root, upper, workdir) = (base.join("root"), base.join("upper"), base.join("work"));
+        for d in [&root, &upper, &workdir] {
+            fs::create_dir_all(d)?;
+        }
+        overlay(std::slice::from_ref(&lower), &upper, &workdir, &root)?;
+        guard.overlays.push(root.clone());
+        let command = "/bin/busybox sleep 1000";
+        let init = launch(init_config(
+            500_000 + k as i64,
+            root,
+            command,
+            open_log(&log_path)?,
+        ))
+        .with_context(|| format!("launching container {k}"))?;
+        creates.push(start.elapsed());
+        guard.inits.push(init);
+    }
+
+    let start = Instant::now();
+    for init in &guard.inits {
+        init.kill().context("killing an init")?;
+    }
+    for init in &guard.inits {
+        let waited = runtime.block_on(async { tokio::time::timeout(PATIENCE, init.wait()).await });
+        let status = waited
+            .map_err(|_| anyhow!("a killed init was not reaped within {PATIENCE:?}"))?
+            .context("waiting for a killed init")?;
+        ensure!(
+            status == actors::container::ExitStatus::Signaled(9),
+            "a killed init ended {status}"
+        );
+    }
+    let kill_all = start.elapsed();
+    guard.release()?;
+    Ok(FloorMany { creates, kill_all })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service process
+// ---------------------------------------------------------------------------------------------
+
+/// A running `imageapi-server` with private dirs; dropping it stops it (SIGTERM, then SIGKILL).
+struct Service {
+    child: Child,
+    exit: Option<ExitStatus>,
+    socket: PathBuf,
+    mount_dir: PathBuf,
+    state_dir: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Service {
+    fn start(binary: &Path, dir: &Path, state_dir: &Path) -> Result<Service> {
+        fs::create_dir(dir).context("creating the service directory")?;
+        let socket = dir.join("api.sock");
+        let mount_dir = dir.join("mounts");
+        let stderr = dir.join("stderr.log");
+        let child = Command::new(binary)
+            .arg("--scheme")
+            .arg("unix")
+            .arg("--socket-path")
+            .arg(&socket)
+            .arg("--mount-dir")
+            .arg(&mount_dir)
+            .arg("--log-dir")
+            .arg(dir.join("logs"))
+            .arg("--state-dir")
+            .arg(state_dir)
+            // On error paths the bench relies on SIGTERM releasing everything.
+            .arg("--cleanup-on-exit")
+            .env_remove("RUST_LOG")
+            .env("IMAGEAPI_LOGLEVEL", "INFO")
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join("stdout.log"))?)
+            .stderr(File::create(&stderr)?)
+            // Its own process group: a Ctrl-C reaches only the bench, which stops it in order.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut service = Service {
+            child,
+            exit: None,
+            socket,
+            mount_dir,
+            state_dir: state_dir.to_owned(),
+            stderr,
+        };
+        service.wait_ready()?;
+        Ok(service)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            check_interrupted()?;
+            self.check_alive()?;
+            if UnixStream::connect(&self.socket).is_ok() {
+                let mut client = Client::new(self.socket.clone());
+                if let Ok(resp) = client.call("GET", "/attach", None) {
+                    if resp.status == 200 {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "imageapi-server not ready within {PATIENCE:?}{}",
+                    self.stderr_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            self.exit = Some(status);
+            bail!("imageapi-server exited with {status}{}", self.stderr_tail());
+        }
+        Ok(())
+    }
+
+    fn stderr_tail(&self) -> String {
+        let text = fs::read_to_string(&self.stderr).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        format!("\n--- last lines of {} ---\n{tail}", self.stderr.display())
+    }
+
+    /// SIGTERM, then wait for a graceful exit (SIGKILL after [`PATIENCE`]).
+    fn stop(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.exit {
+            return Ok(status);
+        }
+        if let Some(status) = self.child.try_wait()? {
+            self.exit = Some(status);
+            return Ok(status);
+        }
+        // Not reaped yet (try_wait above), so the pid is still this child's.
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .stdin(Stdio::null())
+            .status();
+        if !sent.is_ok_and(|s| s.success()) {
+            let _ = self.child.kill();
+        }
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.exit = Some(status);
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let status = self.child.wait()?;
+                self.exit = Some(status);
+                bail!("imageapi-server did not stop within {PATIENCE:?} of SIGTERM (killed)");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Bytes in the state dir (the store's files).
+    fn state_bytes(&self) -> u64 {
+        fs::read_dir(&self.state_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// VmRSS in kB.
+    fn rss_kb(&self) -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("no VmRSS for the service"))
+    }
+
+    /// The service's direct children (container inits and anything not reaped yet).
+    fn children(&self) -> usize {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
+            .map(|c| c.split_whitespace().count())
+            .sum()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if self.exit.is_some() {
+            // Already stopped, and reported by whoever saw it stop.
+            return;
+        }
+        match self.stop() {
+            Ok(status) if status.success() => {}
+            Ok(status) => eprintln!("imageapi-server exited with {status}{}", self.stderr_tail()),
+            Err(e) => eprintln!("imageapi-bench: {e:#}{}", self.stderr_tail()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 client over the unix socket
+// ---------------------------------------------------------------------------------------------
+
+struct Response {
+    status: u16,
+    body: Value,
+}
+
+/// One kept-alive connection, reopened when it has been idle a while or broke.
+struct Client {
+    socket: PathBuf,
+    conn: Option<(BufReader<UnixStream>, Instant)>,
+}
+
+impl Client {
+    fn new(socket: PathBuf) -> Client {
+        Client { socket, conn: None }
+    }
+
+    /// `target` is below the API base path, with its query.
+    fn call(&mut self, method: &str, target: &str, body: Option<&Value>) -> Result<Response> {
+        let reused = self.conn.is_some();
+        match self.exchange(method, target, body) {
+            Ok(resp) => Ok(resp),
+            // A GET on a connection the server had just closed is safe to send again.
+            Err(_) if reused && method == "GET" => {
+                self.conn = None;
+                self.exchange(method, target, body)
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+        .with_context(|| format!("{method} {target}"))
+    }
+
+    fn exchange(&mut self, method: &str, target: &str, body: Option<&Value>) -> Result<Response> {
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|(_, used)| used.elapsed() > MAX_IDLE)
+        {
+            self.conn = None;
+        }
+        let (reader, _) = match &mut self.conn {
+            Some(conn) => conn,
+            None => {
+                let stream = UnixStream::connect(&self.socket)
+                    .with_context(|| format!("connecting to {}", self.socket.display()))?;
+                stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+                stream.set_write_timeout(Some(Duration::from_secs(120)))?;
+                self.conn.insert((BufReader::new(stream), Instant::now()))
+            }
+        };
+        let mut request = format!("{method} {API}{target} HTTP/1.1\r\nHost: localhost\r\n");
+        let payload = body.map(serde_json::to_vec).transpose()?;
+        if let Some(payload) = &payload {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                payload.len()
+            ));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend(payload.unwrap_or_default());
+        reader.get_mut().write_all(&bytes)?;
+
+        let (status, close, body) = read_response(reader)?;
+        if close {
+            self.conn = None;
+        } else if let Some((_, used)) = &mut self.conn {
+            *used = Instant::now();
+        }
+        let body = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).with_context(|| {
+                format!("answer is not JSON: {}", String::from_utf8_lossy(&body))
+            })?
+        };
+        Ok(Response { status, body })
+    }
+
+    /// Calls and insists on `expected`, else fails with the service's error message.
+    fn expect(
+        &mut self,
+        method: &str,
+        target: &str,
+        body: Option<&Value>,
+        expected: u16,
+    ) -> Result<Value> {
+        let resp = self.call(method, target, body)?;
+        if resp.status != expected {
+            bail!(
+                "{method} {target}: HTTP {} (expected {expected}): {}",
+                resp.status,
+                resp.body
+            );
+        }
+        Ok(resp.body)
+    }
+}
+
+/// Reads one answer: status, whether the server closes the connection, body.
+fn read_response(reader: &mut BufReader<UnixStream>) -> Result<(u16, bool, Vec<u8>)> {
+    let mut line = String::new();
+    ensure!(
+        reader.read_line(&mut line)? > 0,
+        "connection closed before an answer"
+    );
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| anyhow!("bad status line {line:?}"))?;
+    let (mut length, mut chunked, mut close) = (None, false, false);
+    loop {
+        line.clear();
+        ensure!(
+            reader.read_line(&mut line)? > 0,
+            "connection closed in the header"
+        );
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let Some((name, value)) = header.split_once(':') else {
+            bail!("bad header line {header:?}");
+        };
+        let value = value.trim().to_ascii_lowercase();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = Some(value.parse::<usize>()?),
+            "transfer-encoding" => chunked = value.contains("chunked"),
+            "connection" => close = value.contains("close"),
+            _ => {}
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let size_hex = line.trim_end().split(';').next().unwrap_or("");
+            let size = usize::from_str_radix(size_hex.trim(), 16)
+                .with_context(|| format!("bad chunk size {line:?}"))?;
+            if size == 0 {
+                // Trailers, then the empty line.
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            reader.read_exact(&mut body[start..])?;
+            let mut crlf = [0u8; 2];
+            reader.read_exact(&mut crlf)?;
+        }
+    } else if let Some(length) = length {
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
+    } else {
+        reader.read_to_end(&mut body)?;
+        close = true;
+    }
+    Ok((status, close, body))
+}
+
+fn id_of(object: &Value) -> Result<i64> {
+    object["id"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("no id in {object}"))
+}
+
+fn one(list: Value, what: &str) -> Result<Value> {
+    match list {
+        Value::Array(mut items) if items.len() == 1 => Ok(items.remove(0)),
+        other => bail!("expected one {what}, got {other}"),
+    }
+}
+
+fn list_len(client: &mut Client, what: &str) -> Result<usize> {
+    let list = client.expect("GET", &format!("/{what}"), None, 200)?;
+    list.as_array()
+        .map(Vec::len)
+        .ok_or_else(|| anyhow!("GET /{what}: not an array: {list}"))
+}
+
+/// Waits until the service lists no containers, mounts or attachments, has no children, and
+/// nothing is mounted or attached under its mount dir or from `image`.
+fn check_released(service: &mut Service, client: &mut Client, image: &Path) -> Result<()> {
+    for what in ["container", "mount", "attach"] {
+        let n = list_len(client, what)?;
+        ensure!(n == 0, "the service still lists {n} objects at /{what}");
+    }
+    let mount_dir = service.mount_dir.clone();
+    let clean = || {
+        service.children() == 0
+            && Leaks::under(&mount_dir).mounts.is_empty()
+            && !loop_devices()
+                .iter()
+                .any(|(_, backing)| Path::new(backing) == image)
+    };
+    ensure!(
+        wait_until(clean),
+        "not released within {PATIENCE:?}: {} children of the service, {}, image still attached: {}",
+        service.children(),
+        Leaks::under(&mount_dir),
+        loop_devices().iter().any(|(_, b)| Path::new(b) == image)
+    );
+    service.check_alive()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The service, one container at a time
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct ServiceFigures {
+    post: Vec<Duration>,
+    exited: Vec<Duration>,
+    delete: Vec<Duration>,
+    total: Vec<Duration>,
+    get: Vec<Duration>,
+}
+
+fn nested_container(image: &Path, command: &str) -> Value {
+    json!({
+        "state": "running",
+        "command": command,
+        "mount": {"kind": "overlay", "overlay": {"lower": [{
+            "kind": "attach",
+            "attach": {
+                "fs_type": "squashfs",
+                "mount_options": ["ro"],
+                "attach": {"kind": "loopback", "loopback": {"path": image, "base": "root"}}
+            }
+        }]}}
+    })
+}
+
+fn service_cycles(
+    service: &mut Service,
+    client: &mut Client,
+    image: &Path,
+    iterations: usize,
+) -> Result<ServiceFigures> {
+    let body = nested_container(image, "/bin/true");
+    let mut figures = ServiceFigures::default();
+    // Cycle 0 is the warm-up: the service's first launch copies its binary into a memfd.
+    for i in 0..=iterations {
+        check_interrupted()?;
+        let start = Instant::now();
+        let created = client.expect("POST", "/container", Some(&body), 201)?;
+        let posted = Instant::now();
+        let id = id_of(&created)?;
+        ensure!(
+            created["state"] == "running",
+            "POST /container answered state {} (expected running): {created}",
+            created["state"]
+        );
+        let mut gets = Vec::new();
+        let state = loop {
+            check_interrupted()?;
+            let asked = Instant::now();
+            let list = client.expect("GET", &format!("/container?id={id}"), None, 200)?;
+            gets.push(asked.elapsed());
+            let container = one(list, "container")?;
+            let state = container["state"].as_str().unwrap_or_default().to_owned();
+            if state != "running" {
+                break container;
+            }
+            ensure!(
+                start.elapsed() < PATIENCE,
+                "container {id} still running after {PATIENCE:?}"
+            );
+            thread::sleep(POLL_INTERVAL);
+        };
+        let exited = Instant::now();
+        ensure!(
+            state["state"] == "exited",
+            "container {id} ended {}, not exited: {state}",
+            state["state"]
+        );
+        client.expect("DELETE", &format!("/container?id={id}"), None, 200)?;
+        let deleted = Instant::now();
+        if i == 0 {
+            continue;
+        }
+        figures.post.push(posted - start);
+        figures.exited.push(exited - start);
+        figures.delete.push(deleted - exited);
+        figures.total.push(deleted - start);
+        figures.get.extend(gets);
+    }
+    check_released(service, client, image)?;
+    Ok(figures)
+}
+
+fn print_service(figures: &ServiceFigures, floor: &Floor) {
+    table_head(
+        "2. The service over its unix socket (HTTP/1.1 keep-alive): nested POST container -> overlay -> squashfs ro -> loopback, /bin/true",
+    );
+    row("POST, state running -> 201 running", &figures.post);
+    row(
+        &format!(
+            "POST -> GET ?id= shows exited (polled every {} µs)",
+            POLL_INTERVAL.as_micros()
+        ),
+        &figures.exited,
+    );
+    row(
+        "DELETE ?id= -> 200 (everything nested released)",
+        &figures.delete,
+    );
+    row("full cycle (POST -> DELETE answered)", &figures.total);
+    row(
+        "one GET /container?id= (kept-alive connection)",
+        &figures.get,
+    );
+    out!(
+        "  ratio service/floor (medians): full cycle {}, image -> running {} (POST -> 201 vs attach..launch), teardown {} (DELETE vs teardown)",
+        ratio(median(&figures.total), median(&floor.total)),
+        ratio(median(&figures.post), median(&floor.to_exec)),
+        ratio(median(&figures.delete), median(&floor.teardown)),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Many containers
+// ---------------------------------------------------------------------------------------------
+
+struct Scale {
+    count: usize,
+    create_total: Duration,
+    creates: Vec<Duration>,
+    list_all: Duration,
+    rss_idle: u64,
+    rss_running: u64,
+    rss_after: u64,
+    /// Size of the service's store with all containers running.
+    state_bytes: u64,
+    delete_total: Duration,
+    deletes: Vec<Duration>,
+}
+
+fn many_containers(
+    service: &mut Service,
+    client: &mut Client,
+    image: &Path,
+    count: usize,
+) -> Result<Scale> {
+    let rss_idle = service.rss_kb()?;
+    let cgroups_before = cgroup_dirs();
+    let shared = client.expect(
+        "POST",
+        "/mount",
+        Some(&json!({
+            "kind": "attach",
+            "attach": {
+                "fs_type": "squashfs",
+                "mount_options": ["ro"],
+                "attach": {"kind": "loopback", "loopback": {"path": image, "base": "root"}}
+            }
+        })),
+        201,
+    )?;
+    let shared = id_of(&shared)?;
+    let body = json!({
+        "state": "running",
+        "command": "/bin/busybox sleep 1000",
+        "mount": {"kind": "overlay", "overlay": {"lower": [{"id": shared}]}}
+    });
+
+    let mut ids = Vec::with_capacity(count);
+    let mut creates = Vec::with_capacity(count);
+    let started = Instant::now();
+    let created = (|| -> Result<()> {
+        for _ in 0..count {
+            check_interrupted()?;
+            let t = Instant::now();
+            let container = client.expect("POST", "/container", Some(&body), 201)?;
+            creates.push(t.elapsed());
+            ids.push(id_of(&container)?);
+            ensure!(
+                container["state"] == "running",
+                "container answered {}: {container}",
+                container["state"]
+            );
+        }
+        Ok(())
+    })();
+    let create_total = started.elapsed();
+
+    // The cgroups that came with this service's containers.
+    let ours: Vec<PathBuf> = cgroup_dirs().difference(&cgroups_before).cloned().collect();
+    let measured = created.and_then(|()| {
+        ensure!(
+            ours.len() >= count,
+            "{} new container cgroups for {count} containers",
+            ours.len()
+        );
+        let t = Instant::now();
+        let running = client.expect("GET", "/container?state=running", None, 200)?;
+        let list_all = t.elapsed();
+        let n = running.as_array().map_or(0, Vec::len);
+        ensure!(n == count, "{n} containers running, expected {count}");
+        let refs = one(
+            client.expect("GET", &format!("/mount?id={shared}"), None, 200)?,
+            "mount",
+        )?;
+        ensure!(
+            refs["refs"] == count as i64 + 1,
+            "the shared mount has refs {}, expected {}",
+            refs["refs"],
+            count + 1
+        );
+        Ok((list_all, service.rss_kb()?, service.state_bytes()))
+    });
+
+    // Delete whatever was made, also after an error.
+    let mut deletes = Vec::with_capacity(ids.len());
+    let started = Instant::now();
+    let mut delete_error = None;
+    for id in &ids {
+        let t = Instant::now();
+        match client.expect(
+            "DELETE",
+            &format!("/container?id={id}&force=true"),
+            None,
+            200,
+        ) {
+            Ok(_) => deletes.push(t.elapsed()),
+            Err(e) => {
+                delete_error.get_or_insert(e);
+            }
+        }
+    }
+    let delete_total = started.elapsed();
+    let (list_all, rss_running, state_bytes) = measured?;
+    if let Some(e) = delete_error {
+        return Err(e);
+    }
+    let refs = one(
+        client.expect("GET", &format!("/mount?id={shared}"), None, 200)?,
+        "mount",
+    )?;
+    ensure!(
+        refs["refs"] == 1,
+        "the shared mount kept refs {} after its users went",
+        refs["refs"]
+    );
+    client.expect("DELETE", &format!("/mount?id={shared}"), None, 200)?;
+    check_released(service, client, image)?;
+    ensure!(
+        wait_until(|| ours.iter().all(|dir| !dir.exists())),
+        "container cgroups left: {}",
+        ours.iter()
+            .filter(|dir| dir.exists())
+            .map(|dir| dir.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Scale {
+        count,
+        create_total,
+        creates,
+        list_all,
+        rss_idle,
+        rss_running,
+        rss_after: service.rss_kb()?,
+        state_bytes,
+        delete_total,
+        deletes,
+    })
+}
+
+/// Every container cgroup directory (`<hierarchy>/imageapi/*`) on the host.
+fn cgroup_dirs() -> BTreeSet<PathBuf> {
+    mountinfo()
+        .into_iter()
+        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
+        .filter_map(|m| fs::read_dir(m.mount_point.join("imageapi")).ok())
+        .flat_map(|entries| entries.flatten().map(|e| e.path()))
+        .filter(|path| path.is_dir())
+        .collect()
+}
+
+/// The cgroups of this run's in-process containers still present in any hierarchy.
+fn floor_cgroups_left() -> Vec<String> {
+    let first = init_config_id(0);
+    cgroup_dirs()
+        .into_iter()
+        .filter(|dir| {
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let id = name
+                .rsplit('-')
+                .next()
+                .and_then(|id| id.parse::<i64>().ok());
+            id.is_some_and(|id| {
+                (first..first + 1_000_000).contains(&id)
+                    && name == actors::container::cgroup::dir_name(id)
+            })
+        })
+        .map(|dir| dir.display().to_string())
+        .collect()
+}
+
+/// Least-squares slope of the create time over the number already running, in µs per container.
+fn slope_us(samples: &[Duration]) -> f64 {
+    let n = samples.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let xs = (0..samples.len()).map(|x| x as f64);
+    let mean_x = xs.clone().sum::<f64>() / n;
+    let ys: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    let mean_y = ys.iter().sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (x, y) in xs.zip(&ys) {
+        sxy += (x - mean_x) * (y - mean_y);
+        sxx += (x - mean_x) * (x - mean_x);
+    }
+    sxy / sxx
+}
+
+fn print_scale(s: &Scale, floor: Option<&FloorMany>) {
+    out!(
+        "\n3. {} containers `/bin/busybox sleep 1000`, one shared squashfs mount (by id), a nested overlay each",
+        s.count
+    );
+    out!(
+        "  service: create all, one after another: {:.1} ms ({:.2} ms per container)",
+        s.create_total.as_secs_f64() * 1e3,
+        s.create_total.as_secs_f64() * 1e3 / s.count as f64
+    );
+    if let Some(f) = floor {
+        let total: Duration = f.creates.iter().sum();
+        out!(
+            "  floor (in process, same layout, {} overlays left mounted in its namespace): {:.1} ms ({:.2} ms per container); SIGKILL + reap all: {:.1} ms",
+            f.creates.len(),
+            total.as_secs_f64() * 1e3,
+            total.as_secs_f64() * 1e3 / f.creates.len() as f64,
+            f.kill_all.as_secs_f64() * 1e3
+        );
+    }
+    out!("  start of the k-th container with k-1 running, µs (service: POST -> 201 running; floor: overlay + launch to exec;");
+    out!("  k=1 also pays the first exec of busybox from the freshly mounted squashfs, i.e. its decompression):");
+    out!(
+        "  {:>6} {:>12} {:>22} {:>12} {:>22}",
+        "k",
+        "service k-th",
+        "service med k-9..k",
+        "floor k-th",
+        "floor med k-9..k"
+    );
+    let mut marks: Vec<usize> = MILESTONES
+        .iter()
+        .copied()
+        .filter(|&k| k <= s.count)
+        .collect();
+    if marks.last() != Some(&s.count) {
+        marks.push(s.count);
+    }
+    let floor_creates = floor.map_or(&[][..], |f| &f.creates[..]);
+    let cell = |samples: &[Duration], k: usize| {
+        samples
+            .get(k - 1)
+            .map_or_else(|| "-".to_owned(), |d| us(*d).to_string())
+    };
+    let window = |samples: &[Duration], k: usize| {
+        if k > samples.len() {
+            return "-".to_owned();
+        }
+        us(median(&samples[k.saturating_sub(10)..k])).to_string()
+    };
+    for k in marks {
+        out!(
+            "  {k:>6} {:>12} {:>22} {:>12} {:>22}",
+            cell(&s.creates, k),
+            window(&s.creates, k),
+            cell(floor_creates, k),
+            window(floor_creates, k),
+        );
+    }
+    out!(
+        "  trend (least squares over all {}): service {:+.1} µs, floor {:+.1} µs per container already running",
+        s.count,
+        slope_us(&s.creates),
+        slope_us(floor_creates)
+    );
+    out!(
+        "  GET /container?state=running listing all {}: {} µs",
+        s.count,
+        us(s.list_all)
+    );
+    out!(
+        "  service VmRSS: {:.1} MB idle, {:.1} MB with {} running ({:+.1} kB per container), {:.1} MB after deleting them",
+        s.rss_idle as f64 / 1024.0,
+        s.rss_running as f64 / 1024.0,
+        s.count,
+        (s.rss_running as f64 - s.rss_idle as f64) / s.count as f64,
+        s.rss_after as f64 / 1024.0
+    );
+    out!(
+        "  service state store with {} running: {} kB (one file, rewritten whole and synced on changes)",
+        s.count,
+        s.state_bytes / 1024
+    );
+    out!(
+        "  DELETE ?force=true of all {}: {:.1} ms (median {} µs, max {} µs each)",
+        s.count,
+        s.delete_total.as_secs_f64() * 1e3,
+        us(median(&s.deletes)),
+        us(quantile(&s.deletes, 1.0))
+    );
+    out!(
+        "  released: no container, mount or attachment listed; the shared mount back to refs 1 and deleted; \
+         no child process, mount, loop device or container cgroup left"
+    );
+}
