@@ -297,7 +297,13 @@ impl Handler<Ready> for Registry {
             self.facts.insert(msg.id, facts);
         }
         self.actors.insert(msg.id, msg.addr);
-        self.persist()
+        // Written in order with the rest; the create's commit waits for it, so nobody needs to
+        // wait here (one sync fewer per object of a nested create).
+        let persisted = self.persist();
+        actix_rt::spawn(async move {
+            let _ = persisted.await;
+        });
+        Box::pin(async { Ok(()) })
     }
 }
 
