@@ -1,9 +1,7 @@
 //! imageapi-server: the ImageAPI service binary.
 
 use std::io::IsTerminal;
-use std::os::unix::fs::PermissionsExt;
 
-use actix_web::{web, App, HttpServer};
 use actors::{Engine, EngineConfig};
 use anyhow::Context;
 use clap::Parser;
@@ -12,8 +10,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use imageapi::api;
-use imageapi::cli::{Options, Scheme};
+use imageapi::cli::Options;
+use imageapi::server;
 
 /// Maps the reference's IMAGEAPI_LOGLEVEL words (logrus levels) to a tracing filter.
 fn log_filter() -> EnvFilter {
@@ -37,16 +35,23 @@ fn log_filter() -> EnvFilter {
 fn main() -> anyhow::Result<()> {
     // A container init is this binary re-executed: it must take over before any thread exists.
     actors::container::run_if_init();
+    // rustls needs its crypto provider chosen before any TLS configuration is built.
+    server::tls::install_crypto_provider();
     let options = Options::parse();
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    actix_web::rt::System::new().block_on(serve(options))
+    // Listeners first, while the process has one thread: a wrong flag, a busy port or a bad
+    // certificate stops the service before it touches the host.
+    let bound = server::bind(&options)?;
+    actix_web::rt::System::new().block_on(serve(options, bound))
 }
 
-async fn serve(options: Options) -> anyhow::Result<()> {
+async fn serve(options: Options, bound: server::Bound) -> anyhow::Result<()> {
+    let mut signals =
+        signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let engine = Engine::start(EngineConfig {
         mount_dir: options.mount_dir.clone(),
         log_dir: options.log_dir.clone(),
@@ -55,52 +60,23 @@ async fn serve(options: Options) -> anyhow::Result<()> {
     })
     .await
     .context("starting the engine")?;
+    let servers = match server::start(bound, &engine) {
+        Ok(servers) => servers,
+        Err(err) => {
+            engine.shutdown().await;
+            return Err(err);
+        }
+    };
+    info!(schemes = ?options.unique_schemes(), "serving");
 
-    let app_engine = engine.clone();
-    let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(app_engine.clone()))
-            .configure(api::configure)
-    })
-    .disable_signals();
-    for scheme in &options.schemes {
-        server = match scheme {
-            Scheme::Http => server
-                .bind((options.host.as_str(), options.port))
-                .with_context(|| format!("binding http on {}:{}", options.host, options.port))?,
-            Scheme::Unix => {
-                // bind_uds replaces a stale socket file left by a crashed run.
-                let bound = server.bind_uds(&options.socket_path).with_context(|| {
-                    format!("binding unix socket {}", options.socket_path.display())
-                })?;
-                std::fs::set_permissions(
-                    &options.socket_path,
-                    std::fs::Permissions::from_mode(0o600),
-                )
-                .context("restricting the unix socket to root")?;
-                bound
-            }
-        };
-    }
-    let server = server.run();
-    let handle = server.handle();
-    let running = actix_web::rt::spawn(server);
-    info!(schemes = ?options.schemes, "serving");
-
-    let mut signals =
-        signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let signal = signals.next().await;
     info!(
         ?signal,
         "stopping: no new requests, then releasing every object"
     );
     signals.handle().close();
-    handle.stop(true).await;
-    let _ = running.await;
+    servers.stop().await;
     engine.shutdown().await;
-    if options.schemes.contains(&Scheme::Unix) {
-        let _ = std::fs::remove_file(&options.socket_path);
-    }
     info!("stopped");
     Ok(())
 }
