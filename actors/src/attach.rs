@@ -10,9 +10,9 @@ use tracing::debug;
 use crate::error::{Error, Origin};
 use crate::registry::graph::ObjectKind;
 use crate::resource::{KernelResource, ResourceActor};
+use crate::store::Facts;
 use crate::sys::beneath::{open_beneath, BeneathError};
 use crate::sys::blockdev::{check_block_device, BlockDeviceError};
-use crate::store::Facts;
 use crate::sys::loopdev::{self, LoopDevice};
 use crate::sys::{errno_of_io, SysError};
 
@@ -118,8 +118,8 @@ pub fn attach_loopback(
         };
         return Err(Error::rejected(LOOPBACK, format!("{path} is {found}")));
     }
-    let device =
-        LoopDevice::attach_tagged(&file, read_only, read_partitions, tag).map_err(Error::kernel(LOOPBACK))?;
+    let device = LoopDevice::attach_tagged(&file, read_only, read_partitions, tag)
+        .map_err(Error::kernel(LOOPBACK))?;
     let backing_file = loopdev::backing_file(device.number()).unwrap_or_default();
     Ok(AttachedDevice::Loop {
         device,

@@ -16,12 +16,12 @@ use crate::registry::actor::{
     Abort, Begin, Commit, Delete, Initial, List, Registry, SetState, Shutdown,
 };
 use crate::registry::build::off_event_loop;
-use crate::registry::graph::Graph;
-use crate::restore;
-use crate::store::{Store, StoreError};
 use crate::registry::build::{Built, Transaction};
+use crate::registry::graph::Graph;
 use crate::registry::graph::ObjectKind;
 use crate::registry::record::Record;
+use crate::restore;
+use crate::store::{Store, StoreError};
 
 /// Where the engine keeps what it makes on the host.
 #[derive(Debug, Clone)]

@@ -145,6 +145,12 @@ pub fn mount_attach(
                 ATTACH,
                 format!("the kernel has no filesystem type {fs_type:?}"),
             ),
+            // mount(2) says EINVAL for a device that does not hold a filesystem of that type
+            // and for options the filesystem does not know: the request's fault.
+            Errno::EINVAL => Error::rejected(
+                ATTACH,
+                format!("{err}: the device holds no {fs_type} filesystem, or an option is unknown to it"),
+            ),
             _ => Error::kernel(ATTACH)(err),
         })
     })
@@ -197,7 +203,15 @@ pub fn mount_overlay(mount_dir: &Path, lowers: &[PathBuf]) -> Result<MountedFs, 
     if let Err(err) = mounted {
         let _ = fs::remove_dir_all(&scratch);
         let _ = fs::remove_dir(&mountpoint);
-        return Err(Error::kernel(OVERLAY)(err));
+        return Err(match err.errno {
+            // overlayfs refuses a layer that is itself part of the overlay (ELOOP) and stacking
+            // deeper than the kernel allows (EINVAL, two overlays): the request's fault.
+            Errno::ELOOP | Errno::EINVAL => Error::rejected(
+                OVERLAY,
+                format!("{err}: overlayfs cannot stack these lower layers (a layer given twice, or overlays nested too deep)"),
+            ),
+            _ => Error::kernel(OVERLAY)(err),
+        });
     }
     Ok(MountedFs {
         mountpoint,

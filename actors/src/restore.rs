@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::attach::{self, AttachedDevice};
 use crate::container::process::Init;
+use crate::container::Cgroup;
 use crate::model::spec::{parse_signal, StopPolicy};
 use crate::model::wire::{Attach, Container, ContainerState, Id, Namespace};
 use crate::mount::MountedFs;
@@ -19,7 +20,6 @@ use crate::registry::graph::{Graph, Removed};
 use crate::registry::record::Record;
 use crate::resource::KernelResource;
 use crate::store::{Facts, Snapshot};
-use crate::container::Cgroup;
 use crate::sys::loopdev::{self, LoopDevice};
 use crate::sys::mounts;
 
@@ -52,7 +52,10 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
     // Creates cut short by the end of the previous run: undo what they made.
     let unfinished = graph.abort_pending();
     if !unfinished.is_empty() {
-        info!(objects = unfinished.len(), "undoing creates the previous run did not finish");
+        info!(
+            objects = unfinished.len(),
+            "undoing creates the previous run did not finish"
+        );
     }
     for removed in &unfinished {
         if let Some(resource) = find(removed.id, &removed.record, facts.get(&removed.id)) {
@@ -76,7 +79,10 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
         if graph.get(id).is_none() {
             continue; // already removed as a user of something gone
         }
-        warn!(id, "its kernel resource is gone: removing it and every object that used it");
+        warn!(
+            id,
+            "its kernel resource is gone: removing it and every object that used it"
+        );
         let removed = graph.delete(id, true).unwrap_or_default();
         for Removed { id, .. } in removed {
             if let Some(resource) = adopted.remove(&id) {
@@ -106,7 +112,10 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
     clean_unclaimed_loops(&instance, &adopted);
     clean_unclaimed_cgroups(&graph, &adopted, &unfinished);
     clean_unclaimed_mountpoints(mount_dir, &graph);
-    info!(objects = adopted.len(), "adopted the objects of the previous run");
+    info!(
+        objects = adopted.len(),
+        "adopted the objects of the previous run"
+    );
     Checked {
         instance,
         graph,
@@ -118,22 +127,40 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
 /// The kernel resource of a stored object, if it is still there.
 fn find(id: Id, record: &Record, facts: Option<&Facts>) -> Option<Adopted> {
     match (record, facts) {
-        (Record::Attach(_), Some(Facts::Loop { number, backing_file })) => {
+        (
+            Record::Attach(_),
+            Some(Facts::Loop {
+                number,
+                backing_file,
+            }),
+        ) => {
             let device = LoopDevice::adopt(*number, backing_file)?;
             Some(Adopted::Attach(AttachedDevice::Loop {
                 device,
                 backing_file: backing_file.clone(),
             }))
         }
-        (Record::Attach(Attach { local: Some(local), .. }), _) => {
-            attach::attach_local(&local.path).ok().map(Adopted::Attach)
-        }
-        (Record::Mount(_), Some(Facts::Mount { mountpoint, fs_type })) => {
+        (
+            Record::Attach(Attach {
+                local: Some(local), ..
+            }),
+            _,
+        ) => attach::attach_local(&local.path).ok().map(Adopted::Attach),
+        (
+            Record::Mount(_),
+            Some(Facts::Mount {
+                mountpoint,
+                fs_type,
+            }),
+        ) => {
             let mounted = mounts::mounted_fs_type(mountpoint)?;
             if fs_type.as_ref().is_some_and(|wanted| *wanted != mounted) {
                 return None;
             }
-            Some(Adopted::Mount(MountedFs::adopt(mountpoint.clone(), fs_type.clone())))
+            Some(Adopted::Mount(MountedFs::adopt(
+                mountpoint.clone(),
+                fs_type.clone(),
+            )))
         }
         (Record::Container(_), Some(Facts::Init { pid, start_time })) => {
             match Init::adopt(id, *pid, *start_time) {
@@ -183,7 +210,10 @@ fn clean_unclaimed_loops(instance: &str, adopted: &BTreeMap<Id, Adopted>) {
         if !tagged || held.contains(&number) {
             continue;
         }
-        warn!(device = number, "loop device of this service held by no object: detaching it");
+        warn!(
+            device = number,
+            "loop device of this service held by no object: detaching it"
+        );
         let backing = loopdev::backing_file(number).unwrap_or_default();
         if let Some(device) = LoopDevice::adopt(number, &backing) {
             if let Err(err) = device.detach() {
@@ -216,7 +246,10 @@ fn clean_unclaimed_cgroups(
         }
         match Cgroup::left_by(id) {
             Ok(cgroup) if cgroup.dirs().next().is_some() => {
-                warn!(id, "cgroup of a container with no adopted init: killing what runs in it");
+                warn!(
+                    id,
+                    "cgroup of a container with no adopted init: killing what runs in it"
+                );
                 if let Err(err) = cgroup.kill_and_remove() {
                     warn!(id, error = %err, "cannot remove the cgroup");
                 }
@@ -261,7 +294,11 @@ fn clean_unclaimed_mountpoints(mount_dir: &Path, graph: &Graph<Record>) {
 }
 
 /// What a stored container runs, rebuilt from its record.
-pub fn container_plan(id: Id, container: &Container, rootfs: PathBuf) -> crate::container::actor::ContainerPlan {
+pub fn container_plan(
+    id: Id,
+    container: &Container,
+    rootfs: PathBuf,
+) -> crate::container::actor::ContainerPlan {
     let command = container.command.clone().unwrap_or_default();
     let signal = container
         .stop_signal
@@ -304,17 +341,23 @@ pub fn start_actors(
     let mut actors: HashMap<Id, ObjectAddr> = HashMap::new();
     let adopted = std::mem::take(&mut checked.adopted);
     for (id, resource) in adopted {
-        let Some(node) = checked.graph.get(id) else { continue };
+        let Some(node) = checked.graph.get(id) else {
+            continue;
+        };
         let deps: Vec<ObjectAddr> = node
             .deps
             .iter()
             .filter_map(|dep| actors.get(dep).cloned())
             .collect();
         let addr = match (resource, &node.record) {
-            (Adopted::Attach(device), _) => ObjectAddr::Attach(AttachActor::start(id, device, deps)),
+            (Adopted::Attach(device), _) => {
+                ObjectAddr::Attach(AttachActor::start(id, device, deps))
+            }
             (Adopted::Mount(mounted), _) => ObjectAddr::Mount(MountActor::start(id, mounted, deps)),
             (Adopted::Container(init), Record::Container(container)) => {
-                let Some(mount) = deps.into_iter().next() else { continue };
+                let Some(mount) = deps.into_iter().next() else {
+                    continue;
+                };
                 let rootfs = node
                     .deps
                     .first()

@@ -106,8 +106,11 @@ impl Store {
             .write(true)
             .open(dir.join(LOCK_FILE))
             .map_err(dir_error)?;
-        rustix::fs::flock(lock.as_fd(), rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| StoreError::Locked(dir.to_path_buf()))?;
+        rustix::fs::flock(
+            lock.as_fd(),
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .map_err(|_| StoreError::Locked(dir.to_path_buf()))?;
         Ok(Store {
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -198,7 +201,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert!(store.load().unwrap().is_none());
-        store.save(&serde_json::to_vec(&snapshot()).unwrap()).unwrap();
+        store
+            .save(&serde_json::to_vec(&snapshot()).unwrap())
+            .unwrap();
         let loaded = store.load().unwrap().unwrap();
         assert_eq!(loaded.facts, snapshot().facts);
         let leftovers: Vec<_> = fs::read_dir(dir.path())
@@ -206,7 +211,11 @@ mod tests {
             .flatten()
             .map(|e| e.file_name())
             .collect();
-        assert_eq!(leftovers.len(), 2, "only the store and its lock: {leftovers:?}");
+        assert_eq!(
+            leftovers.len(),
+            2,
+            "only the store and its lock: {leftovers:?}"
+        );
     }
 
     /// A store written by the first format's service, kept as it was: every later service must
@@ -229,7 +238,10 @@ mod tests {
     fn a_second_service_on_the_same_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::open(dir.path()).unwrap();
-        assert!(matches!(Store::open(dir.path()), Err(StoreError::Locked(_))));
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Locked(_))
+        ));
     }
 
     #[test]
@@ -238,8 +250,14 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         fs::write(store.path(), b"{\"format\": 1, \"graph\": ").unwrap();
         assert!(matches!(store.load(), Err(StoreError::Corrupt { .. })));
-        assert_eq!(fs::read(store.path()).unwrap(), b"{\"format\": 1, \"graph\": ");
+        assert_eq!(
+            fs::read(store.path()).unwrap(),
+            b"{\"format\": 1, \"graph\": "
+        );
         fs::write(store.path(), b"{\"format\": 99}").unwrap();
-        assert!(matches!(store.load(), Err(StoreError::TooNew { found: 99, .. })));
+        assert!(matches!(
+            store.load(),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
     }
 }

@@ -147,12 +147,21 @@ impl Query {
             .ok_or_else(|| ApiError::invalid_field(name, "required"))
     }
 
+    /// A boolean, spelled as the reference's go-swagger server reads them (`1`, `yes`, `on`, `t`
+    /// ... for true), so existing clients keep working; a word that means neither is a 422.
     pub fn bool(&self, name: &str) -> Result<bool, ApiError> {
-        match self.raw(name) {
+        const TRUE: [&str; 10] = [
+            "true", "1", "yes", "ok", "y", "on", "selected", "checked", "t", "enabled",
+        ];
+        const FALSE: [&str; 8] = ["false", "0", "no", "n", "off", "f", "disabled", ""];
+        match self.raw(name).map(str::to_ascii_lowercase) {
             None => Ok(false),
-            Some(value) => value.parse().map_err(|_| {
-                ApiError::invalid_field(name, format!("{value:?} is not true or false"))
-            }),
+            Some(word) if TRUE.contains(&word.as_str()) => Ok(true),
+            Some(word) if FALSE.contains(&word.as_str()) => Ok(false),
+            Some(word) => Err(ApiError::invalid_field(
+                name,
+                format!("{word:?} is not a boolean (true or false)"),
+            )),
         }
     }
 

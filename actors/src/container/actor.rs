@@ -137,7 +137,10 @@ impl ContainerActor {
             id: self.id,
             state,
             exit_code,
-            init: self.init.as_ref().map(|init| (init.pid(), init.start_time())),
+            init: self
+                .init
+                .as_ref()
+                .map(|init| (init.pid(), init.start_time())),
         });
     }
 
@@ -216,7 +219,11 @@ impl ContainerActor {
             .await;
             status
         };
-        ctx.spawn(ended.into_actor(self).map(|status, actor, _| actor.exited(status)));
+        ctx.spawn(
+            ended
+                .into_actor(self)
+                .map(|status, actor, _| actor.exited(status)),
+        );
     }
 
     fn exited(&mut self, status: std::io::Result<ExitStatus>) {
@@ -227,13 +234,21 @@ impl ContainerActor {
         });
         let stopped = self.stop_requested;
         let (state, code, text) = match status {
-            ExitStatus::Exited(0) => (ContainerState::Exited, Some(0), "exited with status 0".to_string()),
-            ExitStatus::Exited(code) if stopped => {
-                (ContainerState::Exited, Some(code as i64), format!("stopped, exit status {code}"))
-            }
-            ExitStatus::Exited(code) => {
-                (ContainerState::Dead, Some(code as i64), format!("exited with status {code}"))
-            }
+            ExitStatus::Exited(0) => (
+                ContainerState::Exited,
+                Some(0),
+                "exited with status 0".to_string(),
+            ),
+            ExitStatus::Exited(code) if stopped => (
+                ContainerState::Exited,
+                Some(code as i64),
+                format!("stopped, exit status {code}"),
+            ),
+            ExitStatus::Exited(code) => (
+                ContainerState::Dead,
+                Some(code as i64),
+                format!("exited with status {code}"),
+            ),
             ExitStatus::Signaled(signal) if stopped => (
                 ContainerState::Exited,
                 Some(128 + signal as i64),
@@ -247,14 +262,23 @@ impl ContainerActor {
             // An adopted init's status is not ours to read: a stop the service asked for
             // counts as exited, any other end as dead, and `exit_code` stays unset.
             ExitStatus::Unknown => (
-                if stopped { ContainerState::Exited } else { ContainerState::Dead },
+                if stopped {
+                    ContainerState::Exited
+                } else {
+                    ContainerState::Dead
+                },
                 None,
                 "ended; its exit status is unknown (adopted after a service restart)".to_string(),
             ),
         };
         self.init = None;
         self.log_line(text.as_str());
-        info!(id = self.id, state = state.as_str(), code, "container init ended");
+        info!(
+            id = self.id,
+            state = state.as_str(),
+            code,
+            "container init ended"
+        );
         self.set_state(state, code);
         for waiter in self.on_exit.drain(..) {
             let _ = waiter.send(());

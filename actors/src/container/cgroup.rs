@@ -438,7 +438,8 @@ impl Cgroup {
         let mut cgroup = Cgroup::default();
         for line in listing.lines() {
             let mut fields = line.splitn(3, ':');
-            let (Some(_), Some(controllers), Some(dir)) = (fields.next(), fields.next(), fields.next())
+            let (Some(_), Some(controllers), Some(dir)) =
+                (fields.next(), fields.next(), fields.next())
             else {
                 continue;
             };

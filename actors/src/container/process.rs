@@ -93,7 +93,11 @@ impl Init {
     /// Takes up again, after a restart of the service, the init `pid` that started at
     /// `start_time`; `None` when that process is gone (or the pid now names another one).
     pub fn adopt(id: i64, pid: i32, start_time: u64) -> io::Result<Option<Init>> {
-        let same_process = || Stat::read(pid).map(|stat| stat.start_time == start_time).unwrap_or(false);
+        let same_process = || {
+            Stat::read(pid)
+                .map(|stat| stat.start_time == start_time)
+                .unwrap_or(false)
+        };
         if !same_process() {
             return Ok(None);
         }

@@ -123,6 +123,23 @@ pub struct ContainerDef {
     pub stop: StopPolicy,
 }
 
+/// The most lower layers overlayfs stacks in one mount.
+pub const MAX_OVERLAY_LOWERS: usize = 500;
+
+/// How deep the kernel stacks overlays (an overlay may have overlays as lowers, no deeper).
+pub const MAX_OVERLAY_DEPTH: usize = 2;
+
+/// How many overlays stack in a mount definition (references by id count as none: the kernel
+/// says for those).
+fn overlay_depth(mount: &Mount) -> usize {
+    match (&mount.id, &mount.overlay, mount.kind) {
+        (None, Some(overlay), Some(MountKind::Overlay)) => {
+            1 + overlay.lower.iter().map(overlay_depth).max().unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
 /// Namespaces a container gets when the request does not say (the reference's fixed set).
 pub const DEFAULT_NAMESPACES: [Namespace; 4] = [
     Namespace::Mnt,
@@ -250,7 +267,8 @@ fn missing_sub_object(at: &str, kind: &str) -> Invalid {
     invalid(&field(at, kind), format!("required when kind is {kind}"))
 }
 
-/// Validates an attachment definition (not a reference).
+/// Validates an attachment definition (not a reference). Like the reference's schema
+/// validation, every sub-object present must be valid, also one its `kind` leaves unused.
 pub fn attach_def(at: &str, attach: &Attach) -> Result<AttachDef, Invalid> {
     let kind = attach.kind.ok_or_else(|| {
         invalid(
@@ -258,6 +276,19 @@ pub fn attach_def(at: &str, attach: &Attach) -> Result<AttachDef, Invalid> {
             "required (or give an id to reference an attach)",
         )
     })?;
+    let present = [
+        (AttachKind::Local, attach.local.is_some()),
+        (AttachKind::Loopback, attach.loopback.is_some()),
+        (AttachKind::Rbd, attach.rbd.is_some()),
+        (AttachKind::Iscsi, attach.iscsi.is_some()),
+    ];
+    for (other, _) in present.iter().filter(|(other, is)| *is && *other != kind) {
+        attach_of_kind(at, attach, *other)?;
+    }
+    attach_of_kind(at, attach, kind)
+}
+
+fn attach_of_kind(at: &str, attach: &Attach, kind: AttachKind) -> Result<AttachDef, Invalid> {
     let sub = field(at, kind.as_str());
     match kind {
         AttachKind::Local => {
@@ -372,7 +403,8 @@ fn check_fs_type(at: &str, fs_type: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Validates a mount definition (not a reference).
+/// Validates a mount definition (not a reference); every sub-object present must be valid,
+/// as for [`attach_def`].
 pub fn mount_def(at: &str, mount: &Mount) -> Result<MountDef, Invalid> {
     let kind = mount.kind.ok_or_else(|| {
         invalid(
@@ -380,6 +412,20 @@ pub fn mount_def(at: &str, mount: &Mount) -> Result<MountDef, Invalid> {
             "required (or give an id to reference a mount)",
         )
     })?;
+    let present = [
+        (MountKind::Attach, mount.attach.is_some()),
+        (MountKind::Bind, mount.bind.is_some()),
+        (MountKind::Nfs, mount.nfs.is_some()),
+        (MountKind::Overlay, mount.overlay.is_some()),
+        (MountKind::Uri, mount.uri.is_some()),
+    ];
+    for (other, _) in present.iter().filter(|(other, is)| *is && *other != kind) {
+        mount_of_kind(at, mount, *other)?;
+    }
+    mount_of_kind(at, mount, kind)
+}
+
+fn mount_of_kind(at: &str, mount: &Mount, kind: MountKind) -> Result<MountDef, Invalid> {
     let sub = field(at, kind.as_str());
     match kind {
         MountKind::Attach => {
@@ -442,6 +488,30 @@ pub fn mount_def(at: &str, mount: &Mount) -> Result<MountDef, Invalid> {
                 return Err(invalid(
                     &field(&sub, "lower"),
                     "needs at least one lower mount",
+                ));
+            }
+            if overlay.lower.len() > MAX_OVERLAY_LOWERS {
+                return Err(invalid(
+                    &field(&sub, "lower"),
+                    format!("overlayfs takes at most {MAX_OVERLAY_LOWERS} lower layers"),
+                ));
+            }
+            if overlay_depth(mount) > MAX_OVERLAY_DEPTH {
+                return Err(invalid(
+                    &field(&sub, "lower"),
+                    format!("the kernel stacks overlays at most {MAX_OVERLAY_DEPTH} deep"),
+                ));
+            }
+            let mut referenced: Vec<Id> =
+                overlay.lower.iter().filter_map(|lower| lower.id).collect();
+            referenced.sort_unstable();
+            if let Some(twice) = referenced.windows(2).find(|pair| pair[0] == pair[1]) {
+                return Err(invalid(
+                    &field(&sub, "lower"),
+                    format!(
+                        "mount {} is a lower layer twice; overlayfs refuses that",
+                        twice[0]
+                    ),
                 ));
             }
             let lowers = overlay

@@ -160,9 +160,21 @@ pub struct RbdOptions {
 
 /// A credential. It is read from requests but never written out: responses, errors and logs show
 /// [`Secret::REDACTED`] in its place, so a client sees that a secret is set without seeing it.
-#[derive(Clone, PartialEq, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    /// Only a string is a secret; any other value is refused without being repeated in the
+    /// error (which a client or a log would see).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(secret) => Ok(Secret(secret)),
+            _ => Err(serde::de::Error::custom(
+                "must be a string (its value is not shown)",
+            )),
+        }
+    }
+}
 
 impl Secret {
     pub const REDACTED: &'static str = "<redacted>";

@@ -470,13 +470,19 @@ impl Handler<Shutdown> for Registry {
         self.shutting_down = true;
         if msg.release {
             let removed = self.graph.drain_all();
-            info!(objects = removed.len(), "shutting down: releasing every object");
+            info!(
+                objects = removed.len(),
+                "shutting down: releasing every object"
+            );
             let finished = self.release(removed);
             return Box::pin(async move {
                 let _ = finished.await;
             });
         }
-        info!(objects = self.actors.len(), "shutting down: leaving every object in place");
+        info!(
+            objects = self.actors.len(),
+            "shutting down: leaving every object in place"
+        );
         for addr in self.actors.values() {
             if let ObjectAddr::Container(container) = addr {
                 container.do_send(LeaveRunning);

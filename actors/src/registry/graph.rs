@@ -332,10 +332,12 @@ impl<R> Graph<R> {
             .nodes
             .values()
             .flat_map(|node| {
-                node.txn.into_iter().chain(node.holders.iter().filter_map(|h| match h {
-                    Holder::Pending(txn) => Some(*txn),
-                    _ => None,
-                }))
+                node.txn
+                    .into_iter()
+                    .chain(node.holders.iter().filter_map(|h| match h {
+                        Holder::Pending(txn) => Some(*txn),
+                        _ => None,
+                    }))
             })
             .collect();
         txns.sort();

@@ -188,7 +188,14 @@ pub fn bound_devices() -> Vec<u32> {
     };
     entries
         .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.strip_prefix("loop")?.parse().ok())
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_prefix("loop")?
+                .parse()
+                .ok()
+        })
         .filter(|number| backing_file(*number).is_some())
         .collect()
 }
