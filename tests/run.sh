@@ -35,6 +35,8 @@ before=$(kernel_resources)
 
 status=0
 cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" || status=$?
+# The served swagger.yaml against the service, by schemathesis (no 5xx for client faults).
+tests/contract/schemathesis.sh || status=$?
 
 left=$(comm -13 <(echo "$before") <(kernel_resources))
 if [ -n "$left" ]; then
