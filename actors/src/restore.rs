@@ -110,7 +110,7 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
         }
     }
     clean_unclaimed_loops(&instance, &adopted);
-    clean_unclaimed_cgroups(&graph, &adopted, &unfinished);
+    clean_unclaimed_cgroups(&adopted);
     clean_unclaimed_mountpoints(mount_dir, &graph);
     info!(
         objects = adopted.len(),
@@ -223,39 +223,25 @@ fn clean_unclaimed_loops(instance: &str, adopted: &BTreeMap<Id, Adopted>) {
     }
 }
 
-/// The cgroups of containers whose init was not adopted (it died, or a crash came before its
-/// start was recorded): whatever still runs in them is killed, and they are removed.
-fn clean_unclaimed_cgroups(
-    graph: &Graph<Record>,
-    adopted: &BTreeMap<Id, Adopted>,
-    unfinished: &[Removed<Record>],
-) {
-    let containers = graph
-        .iter()
-        .filter(|node| matches!(node.record, Record::Container(_)))
-        .map(|node| node.id)
-        .chain(
-            unfinished
-                .iter()
-                .filter(|removed| matches!(removed.record, Record::Container(_)))
-                .map(|removed| removed.id),
-        );
-    for id in containers {
+/// The cgroups of this service whose container has no adopted init (it died, the container was
+/// deleted, or a crash came before its start was recorded): whatever still runs in them is
+/// killed, and they are removed.
+fn clean_unclaimed_cgroups(adopted: &BTreeMap<Id, Adopted>) {
+    let ids = match Cgroup::ids_on_host() {
+        Ok(ids) => ids,
+        Err(err) => {
+            warn!(error = %err, "cannot look for the containers' cgroups");
+            return;
+        }
+    };
+    for id in ids {
         if matches!(adopted.get(&id), Some(Adopted::Container(Some(_)))) {
             continue;
         }
-        match Cgroup::left_by(id) {
-            Ok(cgroup) if cgroup.dirs().next().is_some() => {
-                warn!(
-                    id,
-                    "cgroup of a container with no adopted init: killing what runs in it"
-                );
-                if let Err(err) = cgroup.kill_and_remove() {
-                    warn!(id, error = %err, "cannot remove the cgroup");
-                }
-            }
-            Ok(_) => {}
-            Err(err) => warn!(id, error = %err, "cannot look for the container's cgroups"),
+        warn!(id, "cgroup of a container with no adopted init: killing what runs in it");
+        let removed = Cgroup::left_by(id).and_then(|cgroup| cgroup.kill_and_remove());
+        if let Err(err) = removed {
+            warn!(id, error = %err, "cannot remove the cgroup");
         }
     }
 }

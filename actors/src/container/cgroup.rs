@@ -402,6 +402,25 @@ impl Cgroup {
         })
     }
 
+    /// The ids of this service's containers that have a cgroup on the host now.
+    pub(crate) fn ids_on_host() -> Result<Vec<i64>, CgroupError> {
+        let h = hierarchies()?;
+        let prefix = format!("{}-", instance());
+        let mut ids: Vec<i64> = [&h.unified, &h.freezer, &h.systemd]
+            .into_iter()
+            .flatten()
+            .filter_map(|root| fs::read_dir(root.join(PARENT_DIR)).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                name.to_str()?.strip_prefix(&prefix)?.parse().ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
     /// Kills every process in the cgroups (thawing a frozen v1 cgroup so they can die), waits
     /// a moment for them to be gone, and removes the cgroups.
     pub(crate) fn kill_and_remove(&self) -> Result<(), CgroupError> {

@@ -28,11 +28,8 @@ struct ReleaseJob {
     done: oneshot::Sender<()>,
 }
 
-/// One write of the store: the serialized snapshot, and who waits for it to be on disk.
-struct StoreWrite {
-    snapshot: Vec<u8>,
-    done: oneshot::Sender<Result<(), Error>>,
-}
+/// Someone waiting for the graph as it is now to be on disk.
+type StoreWaiter = oneshot::Sender<Result<(), Error>>;
 
 /// The state the registry starts from: empty, or reloaded from the store and checked against
 /// the kernel (see [`crate::restore`]).
@@ -52,7 +49,7 @@ pub struct Registry {
     releases: mpsc::UnboundedSender<ReleaseJob>,
     release_queue: Option<mpsc::UnboundedReceiver<ReleaseJob>>,
     store: Option<Arc<Store>>,
-    writes: Option<mpsc::UnboundedSender<StoreWrite>>,
+    writes: Option<mpsc::UnboundedSender<StoreWaiter>>,
     shutting_down: bool,
 }
 
@@ -84,30 +81,30 @@ impl Registry {
         }
     }
 
-    /// Writes the current graph to the store, in order with every earlier write.
+    /// Has the graph as it is now written to the store. The writer serializes the graph when
+    /// it gets to the write, so changes that pile up meanwhile cost one serialization and one
+    /// sync in all.
     fn persist(&mut self) -> Persisted {
         let Some(writes) = &self.writes else {
             return Box::pin(async { Ok(()) });
         };
-        self.facts.retain(|id, _| self.graph.get_any(*id).is_some());
-        let snapshot = serde_json::to_vec(&SnapshotRef {
-            format: FORMAT,
-            instance: &self.instance,
-            graph: &self.graph,
-            facts: &self.facts,
-        });
         let (done, written) = oneshot::channel();
-        let queued = snapshot
-            .map_err(|err| Error::Store(err.to_string()))
-            .and_then(|snapshot| {
-                writes
-                    .send(StoreWrite { snapshot, done })
-                    .map_err(|_| Error::ShuttingDown)
-            });
+        let queued = writes.send(done).map_err(|_| Error::ShuttingDown);
         Box::pin(async move {
             queued?;
             written.await.unwrap_or(Err(Error::ShuttingDown))
         })
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        self.facts.retain(|id, _| self.graph.get_any(*id).is_some());
+        serde_json::to_vec(&SnapshotRef {
+            format: FORMAT,
+            instance: &self.instance,
+            graph: &self.graph,
+            facts: &self.facts,
+        })
+        .map_err(|err| err.to_string())
     }
 
     /// Queues the removed objects for release; the receiver fires when they are all released.
@@ -124,6 +121,18 @@ impl Registry {
             warn!("release queue is gone; resources stay in the kernel");
         }
         finished
+    }
+}
+
+/// The graph as it is now, serialized for the store.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u8>, String>")]
+struct TakeSnapshot;
+
+impl Handler<TakeSnapshot> for Registry {
+    type Result = Result<Vec<u8>, String>;
+    fn handle(&mut self, _: TakeSnapshot, _: &mut Self::Context) -> Self::Result {
+        self.snapshot()
     }
 }
 
@@ -145,23 +154,27 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
         if let Some(store) = self.store.clone() {
-            let (writes, mut queue) = mpsc::unbounded_channel::<StoreWrite>();
+            let (writes, mut queue) = mpsc::unbounded_channel::<StoreWaiter>();
             self.writes = Some(writes);
+            let registry = ctx.address();
             actix_rt::spawn(async move {
                 while let Some(first) = queue.recv().await {
-                    // Snapshots that queued up meanwhile are all older than the newest one:
-                    // writing that one makes every change durable, with one sync for them all.
-                    let mut waiting = vec![first.done];
-                    let mut newest = first.snapshot;
+                    let mut waiting = vec![first];
                     while let Ok(next) = queue.try_recv() {
-                        waiting.push(next.done);
-                        newest = next.snapshot;
+                        waiting.push(next);
                     }
-                    let store = store.clone();
-                    let saved = off_event_loop(move || store.save(&newest))
-                        .await
-                        .unwrap_or(Ok(()))
-                        .map_err(|err| err.to_string());
+                    // Taken after every waiter's change: one write makes them all durable.
+                    let saved = match registry.send(TakeSnapshot).await {
+                        Ok(Ok(snapshot)) => {
+                            let store = store.clone();
+                            off_event_loop(move || store.save(&snapshot))
+                                .await
+                                .unwrap_or(Ok(()))
+                                .map_err(|err| err.to_string())
+                        }
+                        Ok(Err(err)) => Err(err),
+                        Err(_) => Err("the registry is gone".to_string()),
+                    };
                     if let Err(err) = &saved {
                         warn!(error = %err, "state store write failed");
                     }
@@ -263,9 +276,14 @@ impl Handler<Reserve> for Registry {
             Ok(id) => id,
             Err(err) => return Box::pin(async move { Err(err.into()) }),
         };
-        // The intent is on disk before the kernel step, so a crash during it is recognised.
+        // The intent goes to the store ahead of the kernel step, in order, without waiting for
+        // the disk: what a crash leaves unrecorded is recognised by its tag, cgroup or
+        // mountpoint at the next start (see crate::restore). The create's commit waits.
         let persisted = self.persist();
-        Box::pin(async move { persisted.await.map(|()| id) })
+        actix_rt::spawn(async move {
+            let _ = persisted.await;
+        });
+        Box::pin(async move { Ok(id) })
     }
 }
 
