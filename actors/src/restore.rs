@@ -238,7 +238,10 @@ fn clean_unclaimed_cgroups(adopted: &BTreeMap<Id, Adopted>) {
         if matches!(adopted.get(&id), Some(Adopted::Container(Some(_)))) {
             continue;
         }
-        warn!(id, "cgroup of a container with no adopted init: killing what runs in it");
+        warn!(
+            id,
+            "cgroup of a container with no adopted init: killing what runs in it"
+        );
         let removed = Cgroup::left_by(id).and_then(|cgroup| cgroup.kill_and_remove());
         if let Err(err) = removed {
             warn!(id, error = %err, "cannot remove the cgroup");
