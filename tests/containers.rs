@@ -8,20 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-/// A read-only busybox image with the directories an init mounts on.
-fn busybox_image(svc: &Service, name: &str) -> std::path::PathBuf {
-    squashfs_with(
-        svc.dir(),
-        name,
-        &[
-            ("proc/.keep", ""),
-            ("sys/.keep", ""),
-            ("dev/.keep", ""),
-            ("tmp/.keep", ""),
-        ],
-    )
-}
-
 fn busybox_overlay(svc: &Service, name: &str) -> Value {
     overlay(vec![squashfs_mount(&busybox_image(svc, name))])
 }

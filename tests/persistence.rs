@@ -19,20 +19,6 @@ fn keeping() -> Service {
     })
 }
 
-/// A read-only busybox image with the directories an init mounts on.
-fn busybox_image(svc: &Service, name: &str) -> std::path::PathBuf {
-    squashfs_with(
-        svc.dir(),
-        name,
-        &[
-            ("proc/.keep", ""),
-            ("sys/.keep", ""),
-            ("dev/.keep", ""),
-            ("tmp/.keep", ""),
-        ],
-    )
-}
-
 fn listing(svc: &Service) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
     (
         svc.list("/attach"),

@@ -1003,6 +1003,21 @@ pub fn squashfs_with(dir: &Path, name: &str, extra: &[(&str, &str)]) -> PathBuf 
 }
 
 /// `dir/<name>.squashfs` with the standard tree.
+/// `dir/<name>.squashfs`: the standard tree plus the directories a container init mounts on
+/// (`proc`, `sys`, `dev`, `tmp`), for read-only container roots.
+pub fn busybox_image(svc: &Service, name: &str) -> PathBuf {
+    squashfs_with(
+        svc.dir(),
+        name,
+        &[
+            ("proc/.keep", ""),
+            ("sys/.keep", ""),
+            ("dev/.keep", ""),
+            ("tmp/.keep", ""),
+        ],
+    )
+}
+
 pub fn squashfs_image(dir: &Path, name: &str) -> PathBuf {
     squashfs_with(dir, name, &[])
 }
