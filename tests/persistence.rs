@@ -279,20 +279,23 @@ fn sigkill_during_creates_and_deletes_leaves_nothing_unlisted() {
             // From "just sent" to "long done": the kill lands at every stage of a create.
             thread::sleep(Duration::from_millis(1 + (round * 37) % 300));
         }
+        let mut deleter = None;
         if round % 3 == 2 {
             // Also kill during a delete now and then.
             if let Some(first) = svc.list("/container").first() {
                 let socket = transport_dir.join("api.sock");
                 let path = format!("/imageapi/v1/container?id={}&force=true", id_of(first));
-                thread::spawn(move || {
+                deleter = Some(thread::spawn(move || {
                     let _ = http_request(&Transport::Unix(socket), "DELETE", &path, None, None);
-                });
+                }));
                 thread::sleep(Duration::from_millis((round * 11) % 40));
             }
         }
         svc.crash_and_restart(true);
-        if let Some(creator) = creator {
-            let _ = creator.join();
+        // A request the kill did not cut may reach the restarted service: let it finish before
+        // looking, so the check does not race with it.
+        for request in [creator, deleter].into_iter().flatten() {
+            let _ = request.join();
         }
         assert_consistent(&svc);
         most_listed = most_listed.max(svc.list("/container").len());
