@@ -842,7 +842,60 @@ pub fn assert_no_leaks(dir: &Path) {
 /// backed by a file inside a mount (loopback base mount) is detached before that mount, while its
 /// backing path still names a file under `dir`. Whatever is still busy after that is unmounted
 /// lazily.
+/// Kills what still runs in the container cgroups of the service whose state dir is under
+/// `dir` (a test that failed before deleting its containers), and removes those cgroups.
+fn kill_containers_of(dir: &Path) {
+    let Ok(store) = fs::read(dir.join("state/state.json")) else {
+        return;
+    };
+    let Some(instance) = serde_json::from_slice::<Value>(&store)
+        .ok()
+        .and_then(|v| v["instance"].as_str().map(str::to_string))
+    else {
+        return;
+    };
+    let prefix = format!("{instance}-");
+    for root in [
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/freezer",
+        "/sys/fs/cgroup/systemd",
+    ] {
+        let Ok(entries) = fs::read_dir(Path::new(root).join("imageapi")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let cgroup = entry.path();
+            let _ = fs::write(cgroup.join("freezer.state"), "THAWED");
+            let _ = fs::write(cgroup.join("cgroup.kill"), "1");
+            let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|p| p.parse::<libc::pid_t>().ok()) {
+                // SAFETY: kill(2) on a pid read from the test's own container cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            wait_for(Duration::from_secs(3), || {
+                remove_cgroup_tree(&cgroup);
+                !cgroup.exists()
+            });
+        }
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
 pub fn force_cleanup(dir: &Path) {
+    kill_containers_of(dir);
     let umount = |point: &str, flags: libc::c_int| -> std::io::Result<()> {
         let c = std::ffi::CString::new(point).unwrap();
         // SAFETY: umount2 with a valid NUL-terminated path; no memory is shared.

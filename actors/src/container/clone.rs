@@ -145,6 +145,17 @@ impl ChildPlan {
 
     /// The child's side: wait for the go, set up descriptors, execute the init program.
     fn run_child(&self) -> ! {
+        // A service killed before it lets the child go must not leave it waiting forever: the
+        // child holds copies of every descriptor the service had (the API socket among them),
+        // and other children may hold this child's go pipe. So it dies with the thread that
+        // cloned it, until the init, set up, clears this (init.rs). (Its parent lives in another
+        // pid namespace, so getppid() cannot tell whether the service died in the microseconds
+        // before this call; the cgroup clean-up at the next start covers that.)
+        // SAFETY: prctl(2) is async-signal-safe.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+            // SAFETY: _exit(2) is async-signal-safe and skips the service's atexit handlers.
+            unsafe { libc::_exit(FAILED_EXIT_CODE) };
+        }
         let mut byte = 0u8;
         loop {
             // SAFETY: reads one byte into a valid local; read(2) is async-signal-safe.

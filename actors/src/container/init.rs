@@ -106,6 +106,10 @@ fn execute(spec: &InitSpec) -> Result<Infallible, Report> {
     };
     let argv = cstrings(&spec.argv)?;
     let env = cstrings(&spec.env)?;
+    // The clone child asked to die with the service while it was being set up (see
+    // clone.rs); the container itself must outlive the service, so that ends here.
+    nix::sys::prctl::set_pdeathsig(None)
+        .map_err(|e| Report::kernel("clear the parent-death signal", e))?;
     let name = spec.argv[0].as_str();
     let candidates: Vec<String> = if name.contains('/') {
         vec![name.to_owned()]
