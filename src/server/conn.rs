@@ -180,15 +180,18 @@ fn socket_of(connection: &dyn Any) -> Option<(BorrowedFd<'_>, String, bool)> {
         return Some((tcp.as_fd(), peer, true));
     }
     if let Some(unix) = connection.downcast_ref::<UnixStream>() {
-        let peer = match rustix::net::sockopt::socket_peercred(unix) {
-            Ok(cred) => format!(
-                "unix pid {} uid {} gid {}",
-                cred.pid.as_raw_nonzero(),
-                cred.uid.as_raw(),
-                cred.gid.as_raw()
-            ),
-            Err(_) => "unix".to_string(),
-        };
+        // nix, not rustix: a peer outside the service's pid namespace has pid 0, which rustix's
+        // non-zero `Pid` cannot hold.
+        let peer =
+            match nix::sys::socket::getsockopt(unix, nix::sys::socket::sockopt::PeerCredentials) {
+                Ok(cred) => format!(
+                    "unix pid {} uid {} gid {}",
+                    cred.pid(),
+                    cred.uid(),
+                    cred.gid()
+                ),
+                Err(_) => "unix".to_string(),
+            };
         return Some((unix.as_fd(), peer, false));
     }
     None

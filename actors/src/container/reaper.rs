@@ -26,7 +26,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use rustix::process::{getpid, getsid, set_child_subreaper, waitid, Pid, WaitId, WaitIdOptions};
+use rustix::process::{getpid, set_child_subreaper, waitid, Pid, WaitId, WaitIdOptions};
 
 use super::cgroup::Cgroup;
 use super::proc::Stat;
@@ -152,7 +152,10 @@ fn wake(mut waker: &UnixStream) {
 /// none (the children lists may skip entries while children exit during the read).
 fn reap() {
     let mut registry = registry();
-    let ours = getsid(None).ok().map(|pid| pid.as_raw_nonzero().get());
+    // nix, not rustix: a session whose leader is outside the service's pid namespace (as under
+    // a container runtime) has id 0, which rustix's non-zero `Pid` cannot hold. Its members
+    // read 0 in /proc too, so 0 still tells the service's session from others.
+    let ours = nix::unistd::getsid(None).ok().map(nix::unistd::Pid::as_raw);
     loop {
         let mut reaped = 0;
         for pid in children() {
