@@ -223,7 +223,8 @@ proptest! {
         name in "[A-Za-z0-9._-]{0,40}",
         argv in proptest::collection::vec("[a-z0-9/_.-]{1,12}", 1..5),
         running in any::<bool>(),
-        lower_ids in proptest::collection::vec(1i64..1000, 1..5),
+        // Distinct: the same lower twice is refused, as overlayfs would.
+        lower_ids in proptest::collection::btree_set(1i64..1000, 1..5),
     ) {
         let mut mount = json!({ "kind": "attach", "attach": { "fs_type": "squashfs",
             "mount_options": ["ro"],
