@@ -1774,6 +1774,24 @@ fn slope_us(samples: &[Duration]) -> f64 {
     sxy / sxx
 }
 
+/// Medians of the first and the last quarter of `samples` (without the first, which pays for
+/// the first exec from a fresh mount): less swayed by a few slow starts than the slope.
+fn quarters(samples: &[Duration]) -> Option<(Duration, Duration)> {
+    let rest = samples.get(1..)?;
+    let quarter = rest.len() / 4;
+    if quarter == 0 {
+        return None;
+    }
+    Some((
+        median(&rest[..quarter]),
+        median(&rest[rest.len() - quarter..]),
+    ))
+}
+
+fn change_percent(from: Duration, to: Duration) -> f64 {
+    (to.as_secs_f64() / from.as_secs_f64() - 1.0) * 100.0
+}
+
 fn print_scale(s: &Scale, floor: Option<&FloorMany>) {
     out!(
         "\n3. {} containers `/bin/busybox sleep 1000`, one shared squashfs mount (by id), a nested overlay each",
@@ -1839,6 +1857,23 @@ fn print_scale(s: &Scale, floor: Option<&FloorMany>) {
         slope_us(&s.creates),
         slope_us(floor_creates)
     );
+    if let (Some(service), floor) = (quarters(&s.creates), quarters(floor_creates)) {
+        let floor = floor.map_or_else(String::new, |(first, last)| {
+            format!(
+                "; floor {} -> {} µs ({:+.0}%)",
+                us(first),
+                us(last),
+                change_percent(first, last)
+            )
+        });
+        out!(
+            "  median start, first quarter -> last quarter of the {} (k=1 left out): service {} -> {} µs ({:+.0}%){floor}",
+            s.count,
+            us(service.0),
+            us(service.1),
+            change_percent(service.0, service.1)
+        );
+    }
     out!(
         "  GET /container?state=running listing all {}: {} µs",
         s.count,
@@ -1853,7 +1888,7 @@ fn print_scale(s: &Scale, floor: Option<&FloorMany>) {
         s.rss_after as f64 / 1024.0
     );
     out!(
-        "  service state store with {} running: {} kB (one file, rewritten whole and synced on changes)",
+        "  service state store with {} running: {} kB (snapshot + journal; a change appends what it changed)",
         s.count,
         s.state_bytes / 1024
     );

@@ -5,11 +5,10 @@
 //! and releases run on one queue, in the order the graph gives, so that a user is always
 //! released before what it uses.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -20,7 +19,7 @@ use crate::error::Error;
 use crate::model::wire::{ContainerState, Id};
 use crate::registry::build::off_event_loop;
 use crate::resource::ObjectAddr;
-use crate::store::{Facts, Store, FORMAT};
+use crate::store::{self, Facts, Plan, Store};
 
 /// A batch of objects to release in order; `done` fires once all of them are.
 struct ReleaseJob {
@@ -53,15 +52,6 @@ pub struct Registry {
     shutting_down: bool,
 }
 
-/// What the store holds, borrowed from the registry for serialization.
-#[derive(Serialize)]
-struct SnapshotRef<'a> {
-    format: u32,
-    instance: &'a str,
-    graph: &'a Graph<Record>,
-    facts: &'a BTreeMap<Id, Facts>,
-}
-
 /// A store write in flight: resolves once the change is on disk (at once without a store).
 pub type Persisted = futures::future::BoxFuture<'static, Result<(), Error>>;
 
@@ -81,11 +71,13 @@ impl Registry {
         }
     }
 
-    /// Has the graph as it is now written to the store. The writer serializes the graph when
-    /// it gets to the write, so changes that pile up meanwhile cost one serialization and one
-    /// sync in all.
+    /// Has the graph as it is now written to the store. The writer serializes the changes when
+    /// it gets to the write, so changes that pile up meanwhile cost one write and one sync in
+    /// all.
     fn persist(&mut self) -> Persisted {
         let Some(writes) = &self.writes else {
+            // Without a store nobody asks for the changes: do not let them pile up.
+            self.take_changed();
             return Box::pin(async { Ok(()) });
         };
         let (done, written) = oneshot::channel();
@@ -96,15 +88,23 @@ impl Registry {
         })
     }
 
-    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
-        self.facts.retain(|id, _| self.graph.get_any(*id).is_some());
-        serde_json::to_vec(&SnapshotRef {
-            format: FORMAT,
-            instance: &self.instance,
-            graph: &self.graph,
-            facts: &self.facts,
-        })
-        .map_err(|err| err.to_string())
+    /// Serializes what the store must write for `plan`: the whole graph, or the nodes changed
+    /// since the last write (with their facts) as one journal line.
+    fn changes(&mut self, plan: Plan) -> Result<Vec<u8>, String> {
+        let changed = self.take_changed();
+        store::serialize(plan, &self.instance, &self.graph, &self.facts, &changed)
+            .map_err(|err| err.to_string())
+    }
+
+    /// The objects changed since the last call; the facts of those removed are dropped.
+    fn take_changed(&mut self) -> BTreeSet<Id> {
+        let changed = self.graph.take_changed();
+        for id in &changed {
+            if self.graph.get_any(*id).is_none() {
+                self.facts.remove(id);
+            }
+        }
+        changed
     }
 
     /// Queues the removed objects for release; the receiver fires when they are all released.
@@ -124,15 +124,15 @@ impl Registry {
     }
 }
 
-/// The graph as it is now, serialized for the store.
+/// What the store must write now, serialized for the store's plan.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<u8>, String>")]
-struct TakeSnapshot;
+struct TakeChanges(Plan);
 
-impl Handler<TakeSnapshot> for Registry {
+impl Handler<TakeChanges> for Registry {
     type Result = Result<Vec<u8>, String>;
-    fn handle(&mut self, _: TakeSnapshot, _: &mut Self::Context) -> Self::Result {
-        self.snapshot()
+    fn handle(&mut self, msg: TakeChanges, _: &mut Self::Context) -> Self::Result {
+        self.changes(msg.0)
     }
 }
 
@@ -164,15 +164,20 @@ impl Actor for Registry {
                         waiting.push(next);
                     }
                     // Taken after every waiter's change: one write makes them all durable.
-                    let saved = match registry.send(TakeSnapshot).await {
-                        Ok(Ok(snapshot)) => {
+                    let plan = store.plan();
+                    let saved = match registry.send(TakeChanges(plan)).await {
+                        Ok(Ok(serialized)) => {
                             let store = store.clone();
-                            off_event_loop(move || store.save(&snapshot))
+                            off_event_loop(move || store.write(plan, &serialized))
                                 .await
                                 .unwrap_or(Ok(()))
                                 .map_err(|err| err.to_string())
                         }
-                        Ok(Err(err)) => Err(err),
+                        Ok(Err(err)) => {
+                            // The changes taken are not in the journal: write them all anew.
+                            store.start_over();
+                            Err(err)
+                        }
                         Err(_) => Err("the registry is gone".to_string()),
                     };
                     if let Err(err) = &saved {

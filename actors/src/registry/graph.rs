@@ -146,11 +146,30 @@ fn describe_users(users: &[(ObjectKind, Id)], holders: &[Holder]) -> String {
 }
 
 /// All registered objects and who holds them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Graph<R> {
     nodes: BTreeMap<Id, Node<R>>,
     next_id: Id,
     next_txn: u64,
+    /// The nodes changed, added or removed since the last [`Graph::take_changed`]: what an
+    /// incremental store must write. Not part of the graph's value.
+    #[serde(skip)]
+    changed: BTreeSet<Id>,
+}
+
+impl<R: PartialEq> PartialEq for Graph<R> {
+    fn eq(&self, other: &Self) -> bool {
+        self.nodes == other.nodes
+            && self.next_id == other.next_id
+            && self.next_txn == other.next_txn
+    }
+}
+
+/// The graph's id and transaction counters, stored with every change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub next_id: Id,
+    pub next_txn: u64,
 }
 
 impl<R> Default for Graph<R> {
@@ -166,6 +185,39 @@ impl<R> Graph<R> {
             nodes: BTreeMap::new(),
             next_id: 1,
             next_txn: 1,
+            changed: BTreeSet::new(),
+        }
+    }
+
+    /// The ids of the nodes changed, added or removed since the last call; a node listed that
+    /// [`Graph::get_any`] no longer finds was removed.
+    pub fn take_changed(&mut self) -> BTreeSet<Id> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// The id and transaction counters.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            next_id: self.next_id,
+            next_txn: self.next_txn,
+        }
+    }
+
+    /// Replays a stored change: sets the counters, puts the nodes as stored (replacing any with
+    /// the same id) and removes the `gone` ones. The replayed nodes do not count as changed.
+    pub fn replay(
+        &mut self,
+        counters: Counters,
+        put: impl IntoIterator<Item = Node<R>>,
+        gone: impl IntoIterator<Item = Id>,
+    ) {
+        self.next_id = counters.next_id;
+        self.next_txn = counters.next_txn;
+        for node in put {
+            self.nodes.insert(node.id, node);
+        }
+        for id in gone {
+            self.nodes.remove(&id);
         }
     }
 
@@ -194,6 +246,7 @@ impl<R> Graph<R> {
             });
         }
         node.holders.push(Holder::Pending(txn));
+        self.changed.insert(id);
         Ok(())
     }
 
@@ -240,8 +293,10 @@ impl<R> Graph<R> {
                 .and_then(|node| node.holders.iter_mut().find(|h| **h == pending))
             {
                 *hold = Holder::Parent(id);
+                self.changed.insert(*dep);
             }
         }
+        self.changed.insert(id);
         self.nodes.insert(
             id,
             Node {
@@ -261,13 +316,19 @@ impl<R> Graph<R> {
     /// on the top-level object) become the client's.
     pub fn commit(&mut self, txn: TxnId) {
         for node in self.nodes.values_mut() {
+            let mut changed = false;
             if node.txn == Some(txn) {
                 node.txn = None;
+                changed = true;
             }
             for holder in &mut node.holders {
                 if *holder == Holder::Pending(txn) {
                     *holder = Holder::User;
+                    changed = true;
                 }
+            }
+            if changed {
+                self.changed.insert(node.id);
             }
         }
     }
@@ -277,7 +338,11 @@ impl<R> Graph<R> {
     pub fn abort(&mut self, txn: TxnId) -> Vec<Removed<R>> {
         let mut orphans = Vec::new();
         for node in self.nodes.values_mut() {
+            let before = node.holders.len();
             node.holders.retain(|&h| h != Holder::Pending(txn));
+            if node.holders.len() != before {
+                self.changed.insert(node.id);
+            }
             if node.holders.is_empty() {
                 orphans.push(node.id);
             }
@@ -298,6 +363,7 @@ impl<R> Graph<R> {
             }
             if let Some(node) = self.nodes.get_mut(&id) {
                 node.holders.clear();
+                self.changed.insert(id);
             }
             return Ok(self.release([id]));
         }
@@ -317,6 +383,7 @@ impl<R> Graph<R> {
         for &doomed_id in &doomed {
             if let Some(node) = self.nodes.get_mut(&doomed_id) {
                 node.holders.retain(|h| matches!(h, Holder::Parent(_)));
+                self.changed.insert(doomed_id);
                 if node.holders.is_empty() {
                     orphans.push(doomed_id);
                 }
@@ -350,6 +417,7 @@ impl<R> Graph<R> {
         let mut orphans = Vec::new();
         for node in self.nodes.values_mut() {
             node.holders.retain(|h| matches!(h, Holder::Parent(_)));
+            self.changed.insert(node.id);
             if node.holders.is_empty() {
                 orphans.push(node.id);
             }
@@ -367,9 +435,11 @@ impl<R> Graph<R> {
         self.nodes.get(&id)
     }
 
-    /// The record of object `id`, visible or still pending.
+    /// The record of object `id`, visible or still pending (counted as changed).
     pub fn record_mut(&mut self, id: Id) -> Option<&mut R> {
-        self.nodes.get_mut(&id).map(|node| &mut node.record)
+        let node = self.nodes.get_mut(&id)?;
+        self.changed.insert(id);
+        Some(&mut node.record)
     }
 
     /// The visible object called `name`.
@@ -441,6 +511,7 @@ impl<R> Graph<R> {
                 continue;
             }
             let node = entry.remove();
+            self.changed.insert(id);
             for &dep in &node.deps {
                 if let Some(dep_node) = self.nodes.get_mut(&dep) {
                     if let Some(at) = dep_node
@@ -449,6 +520,7 @@ impl<R> Graph<R> {
                         .position(|&h| h == Holder::Parent(id))
                     {
                         dep_node.holders.remove(at);
+                        self.changed.insert(dep);
                     }
                     if dep_node.holders.is_empty() {
                         queue.push_back(dep);
@@ -933,6 +1005,8 @@ mod model_tests {
         meta: BTreeMap<Id, (ObjectKind, Option<String>)>,
         alive: BTreeSet<Id>,
         next_id: Id,
+        /// The graph as an incremental store holds it: only the changed nodes replayed.
+        stored: Graph<u64>,
     }
 
     impl Model {
@@ -945,6 +1019,7 @@ mod model_tests {
                 meta: BTreeMap::new(),
                 alive: BTreeSet::new(),
                 next_id: 1,
+                stored: Graph::new(),
             }
         }
 
@@ -1044,7 +1119,21 @@ mod model_tests {
             }
         }
 
-        fn check(&self) {
+        fn check(&mut self) {
+            let changed = self.graph.take_changed();
+            let put: Vec<Node<u64>> = changed
+                .iter()
+                .filter_map(|&id| self.graph.get_any(id).cloned())
+                .collect();
+            let gone = changed
+                .iter()
+                .copied()
+                .filter(|&id| self.graph.get_any(id).is_none());
+            self.stored.replay(self.graph.counters(), put, gone);
+            assert_eq!(
+                self.stored, self.graph,
+                "the changed nodes are all a store needs"
+            );
             let graph = &self.graph;
             assert_eq!(graph.next_id(), self.next_id);
             let live: BTreeSet<Id> = (1..self.next_id)
