@@ -83,6 +83,10 @@ const TESTS: &[Test] = &[
         "orphans_are_reaped_and_own_children_are_not",
         orphans_are_reaped_and_own_children_are_not,
     ),
+    (
+        "inits_are_cloned_from_a_namespace_without_the_hosts_mounts",
+        inits_are_cloned_from_a_namespace_without_the_hosts_mounts,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -694,4 +698,75 @@ fn orphans_are_reaped_and_own_children_are_not() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(own.wait().unwrap().code(), Some(4));
+}
+
+/// Mounts made on the host by a test, unmounted when dropped (also when the test fails).
+struct HostMounts(Vec<PathBuf>);
+
+impl Drop for HostMounts {
+    fn drop(&mut self) {
+        for path in self.0.iter().rev() {
+            let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// The mount points of the launcher thread's namespace, the one inits are cloned from.
+fn launcher_mounts() -> Vec<String> {
+    let task = fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .find(|task| {
+            fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "imageapi-launch")
+        })
+        .expect("a launcher thread runs after a launch");
+    let mountinfo = fs::read_to_string(task.path().join("mountinfo")).unwrap();
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(4).map(str::to_string))
+        .collect()
+}
+
+fn inits_are_cloned_from_a_namespace_without_the_hosts_mounts() {
+    let image = Image::new();
+    let (status, log) = run(&image, "true", &[]);
+    assert_eq!(status, ExitStatus::Exited(0), "{log}");
+    let before = launcher_mounts();
+
+    // Mounts the host makes later (a container's overlay, say) never reach the launcher.
+    let mut mounts = HostMounts(Vec::new());
+    for i in 0..20 {
+        let path = image.dir.path().join(format!("host-{i}"));
+        fs::create_dir(&path).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=16k"),
+        )
+        .unwrap();
+        mounts.0.push(path);
+    }
+    let script = "awk '{print $5}' /proc/self/mountinfo";
+    let (status, log) = run(&image, script, &[]);
+    assert_eq!(status, ExitStatus::Exited(0), "{log}");
+    assert_eq!(
+        launcher_mounts(),
+        before,
+        "the launcher's mounts stay as they were"
+    );
+    let host_dir = image.dir.path().to_string_lossy().to_string();
+    assert!(
+        !before
+            .iter()
+            .any(|m| m.starts_with(&host_dir) || m.starts_with("/tmp")),
+        "the launcher holds none of the host's other mounts: {before:?}"
+    );
+    assert!(
+        before.len() < 64,
+        "a few dozen mounts: /, /proc, /dev, /sys and the loader's: {before:?}"
+    );
+    drop(mounts);
 }

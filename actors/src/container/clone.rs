@@ -19,7 +19,7 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use nix::unistd::pipe2;
 
-use super::spec::{send_report, FAILED_EXIT_CODE, INIT_MARKER, REPORT_FD, SPEC_FD};
+use super::spec::{send_report, FAILED_EXIT_CODE, IMAGE_FD, INIT_MARKER, REPORT_FD, SPEC_FD};
 
 /// Descriptors the child moves to fixed numbers are first copied at or above this number, so
 /// that no `dup2` of the child overwrites a descriptor it has yet to move.
@@ -54,14 +54,25 @@ pub(crate) struct ChildPlan {
     stdin: OwnedFd,
     log: OwnedFd,
     spec: OwnedFd,
+    image: OwnedFd,
     report: OwnedFd,
     go: OwnedFd,
 }
 
+// SAFETY: the raw pointers point into the `CString`s the plan owns, whose heap buffers stay
+// where they are when the plan moves (to the launcher thread); nothing else shares them.
+unsafe impl Send for ChildPlan {}
+
 impl ChildPlan {
     /// Prepares the descriptors and strings for a child that will execute `program` (the service
-    /// binary) as an init reading its spec from `spec`, with `log` as its stdout and stderr.
-    pub fn new(program: &Path, log: &File, spec: OwnedFd) -> io::Result<(ChildPlan, ParentEnds)> {
+    /// binary) as an init reading its spec from `spec`, with `log` as its stdout and stderr and
+    /// `image` (a detached mount tree) to attach as its root.
+    pub fn new(
+        program: &Path,
+        log: &File,
+        spec: OwnedFd,
+        image: OwnedFd,
+    ) -> io::Result<(ChildPlan, ParentEnds)> {
         let (go_read, go_write) = pipe2(OFlag::O_CLOEXEC)?;
         let (report_read, report_write) = pipe2(OFlag::O_CLOEXEC)?;
         let argv = [
@@ -77,6 +88,7 @@ impl ChildPlan {
             stdin: high_copy(File::open("/dev/null")?.as_fd())?,
             log: high_copy(log.as_fd())?,
             spec: high_copy(spec.as_fd())?,
+            image: high_copy(image.as_fd())?,
             report: high_copy(report_write.as_fd())?,
             go: high_copy(go_read.as_fd())?,
         };
@@ -148,7 +160,8 @@ impl ChildPlan {
         // A service killed before it lets the child go must not leave it waiting forever: the
         // child holds copies of every descriptor the service had (the API socket among them),
         // and other children may hold this child's go pipe. So it dies with the thread that
-        // cloned it, until the init, set up, clears this (init.rs). (Its parent lives in another
+        // cloned it (the launcher, which lives as long as the service), until the init, set
+        // up, clears this (init.rs). (Its parent lives in another
         // pid namespace, so getppid() cannot tell whether the service died in the microseconds
         // before this call; the cgroup clean-up at the next start covers that.)
         // SAFETY: prctl(2) is async-signal-safe.
@@ -175,6 +188,7 @@ impl ChildPlan {
             (&self.log, libc::STDOUT_FILENO, "redirect stdout to the log"),
             (&self.log, libc::STDERR_FILENO, "redirect stderr to the log"),
             (&self.spec, SPEC_FD, "pass the spec"),
+            (&self.image, IMAGE_FD, "pass the image"),
             (&self.report, REPORT_FD, "pass the report pipe"),
         ];
         for (from, to, step) in moves {

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sched::{unshare, CloneFlags};
@@ -19,7 +19,8 @@ use rustix::process::umask;
 
 use super::rootfs;
 use super::spec::{
-    InitSpec, Report, Step, FAILED_EXIT_CODE, INIT_MARKER, REPORT_FD, SEARCH_PATH, SPEC_FD,
+    InitSpec, Report, Step, FAILED_EXIT_CODE, IMAGE_FD, INIT_MARKER, REPORT_FD, SEARCH_PATH,
+    SPEC_FD,
 };
 
 /// Call it first thing in the service's `main`, before any thread or runtime starts: when the
@@ -38,11 +39,11 @@ pub fn run_if_init() {
 }
 
 fn run() -> Result<Infallible, Report> {
-    // Only descriptors 0 to REPORT_FD were handed over; anything above leaked from the service
+    // Only descriptors 0 to IMAGE_FD were handed over; anything above leaked from the service
     // without close-on-exec and must not reach the container.
-    // SAFETY: nothing in this process owns a descriptor above REPORT_FD: the init has opened
+    // SAFETY: nothing in this process owns a descriptor above IMAGE_FD: the init has opened
     // nothing yet.
-    unsafe { libc::close_range(REPORT_FD as u32 + 1, u32::MAX, 0) };
+    unsafe { libc::close_range(IMAGE_FD as u32 + 1, u32::MAX, 0) };
     let spec = read_spec()?;
     // End of file on the report pipe is how the service learns that the payload runs.
     rustix::io::fcntl_setfd(borrowed(REPORT_FD), rustix::io::FdFlags::CLOEXEC)
@@ -53,7 +54,10 @@ fn run() -> Result<Infallible, Report> {
     }
     // Device nodes and mount points get exactly the modes asked for.
     let umask_before = umask(Mode::empty());
-    rootfs::prepare(&spec)?;
+    // SAFETY: the clone child put the image's mount tree on IMAGE_FD for this process, and
+    // nothing else owns that descriptor.
+    let image = unsafe { OwnedFd::from_raw_fd(IMAGE_FD) };
+    rootfs::prepare(&spec, image)?;
     if let Some(hostname) = &spec.hostname {
         sethostname(hostname).step(|| format!("set the host name to {hostname}"))?;
     }

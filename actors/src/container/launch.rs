@@ -5,8 +5,9 @@
 //!    the kernel, so that those come back as rejections;
 //! 2. it writes the init's spec to a memfd and creates the container's cgroups (the first
 //!    launch also makes the init program, a sealed copy of the service binary);
-//! 3. it clones the child into the new namespaces and its cgroup2 cgroup (the `clone` module);
-//!    the child waits;
+//! 3. it takes a detached copy of the image's mount tree and, on the launcher thread (whose
+//!    mount namespace holds no container's mounts: the `launcher` module), clones the child into
+//!    the new namespaces and its cgroup2 cgroup (the `clone` module); the child waits;
 //! 4. it writes the user namespace maps, puts the child in its v1 cgroups (it was born in its
 //!    cgroup2 one), and lets it go: the child executes the init program ([`super::init`]);
 //! 5. it reads the report pipe: end of file means the payload runs, a report means the init
@@ -27,11 +28,13 @@ use linux_raw_sys::general::{
 use rustix::fs::{accessat, fstat, memfd_create, openat2, Access, AtFlags, FileType, CWD};
 use rustix::fs::{fcntl_add_seals, MemfdFlags, Mode, OFlags, ResolveFlags, SealFlags};
 use rustix::io::Errno;
+use rustix::mount::{open_tree, OpenTreeFlags};
 use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions};
 
 use super::cgroup::{Cgroup, CgroupError};
 use super::clone::{Child, ChildPlan, ParentEnds};
 use super::console::Console;
+use super::launcher;
 use super::poll::poll;
 use super::proc::Stat;
 use super::process::Init;
@@ -241,7 +244,11 @@ pub fn launch(config: InitConfig) -> Result<Init, LaunchError> {
         .iter()
         .fold(0, |flags, ns| flags | clone_flag(*ns));
     let program = init_program()?;
-    let started = ChildPlan::new(&program, &config.log, spec_fd)
+    let image = open_tree(CWD, &config.rootfs, image_tree_flags()).map_err(kernel(format!(
+        "copy the mount of {}",
+        config.rootfs.display()
+    )))?;
+    let started = ChildPlan::new(&program, &config.log, spec_fd, image)
         .map_err(kernel("prepare the init's descriptors"))
         .and_then(|(plan, ends)| start(plan, ends, flags, &spec, &cgroup));
     match started {
@@ -289,6 +296,11 @@ fn init_program() -> Result<PathBuf, LaunchError> {
     Ok(fd_path(PROGRAM.get_or_init(|| copy.into())))
 }
 
+/// A recursive copy of a mount tree, as a descriptor (not inherited by other children).
+fn image_tree_flags() -> OpenTreeFlags {
+    OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_RECURSIVE
+}
+
 /// The path through which a process reaches its descriptor `fd`.
 fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -328,7 +340,6 @@ fn spec(
         ));
     }
     Ok(InitSpec {
-        rootfs: config.rootfs.clone(),
         argv: config.argv.clone(),
         env: config.env.clone(),
         hostname: uts.then(|| config.hostname.clone()),
@@ -362,10 +373,14 @@ fn start(
     cgroup: &Cgroup,
 ) -> Result<(Child, u64), LaunchError> {
     let unified = cgroup.open_unified()?;
-    let child = reaper::spawn_supervised(
-        || plan.spawn(flags, unified.as_ref().map(AsFd::as_fd)),
-        |child| child.pid,
-    )
+    let child = launcher::on_launcher(move || {
+        reaper::spawn_supervised(
+            || plan.spawn(flags, unified.as_ref().map(AsFd::as_fd)),
+            |child| child.pid,
+        )
+    })
+    .map_err(io::Error::from)
+    .and_then(|cloned| cloned)
     .map_err(kernel("clone the init"))?;
     match place_and_release(&child, ends, spec, cgroup) {
         Ok(start_time) => Ok((child, start_time)),

@@ -7,7 +7,8 @@
 //!   there.
 //! - [`start_reaper`] makes the service a child subreaper that reaps orphans.
 //!
-//! Internals: `clone` (the async-signal-safe child), `spec` (the service/init protocol),
+//! Internals: `clone` (the async-signal-safe child), `launcher` (the thread and mount namespace
+//! inits are cloned from), `spec` (the service/init protocol),
 //! `rootfs` (the container's mounts), `console` (a systemd container's `/dev/console`), `cgroup`,
 //! `proc` (`/proc/<pid>/stat`), `poll`, `reaper`.
 
@@ -17,6 +18,7 @@ mod clone;
 mod console;
 pub mod init;
 pub mod launch;
+mod launcher;
 mod poll;
 mod proc;
 pub mod process;

@@ -13,11 +13,14 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::pivot_root;
+use rustix::fs::CWD;
 use rustix::fs::{
     makedev, mkdirat, mknodat, openat, openat2, symlinkat, FileType, Mode, OFlags, ResolveFlags,
 };
 use rustix::io::Errno;
+use rustix::mount::{move_mount, MoveMountFlags};
 
+use super::launcher::IMAGE_DIR;
 use super::spec::{InitSpec, Report, Step};
 
 /// Size limit of the `/dev` and `/dev/shm` tmpfs.
@@ -49,29 +52,31 @@ const SYSTEMD_TMPFS: [(&str, &str); 3] = [
     ("var/lib/journal", "mode=755"),
 ];
 
-/// Builds the container's mounts from `spec` and makes the image the root. Needs a umask of 0.
-pub(crate) fn prepare(spec: &InitSpec) -> Result<(), Report> {
-    // Slave, not private, as runc does: nothing done here propagates back to the host, and
-    // host unmounts below the image still propagate in.
+/// Builds the container's mounts from `spec` and makes `image` (a detached copy of the image's
+/// mount tree) the root. Runs in a copy of the launcher's mount namespace (see
+/// [`super::launcher`]). Needs a umask of 0.
+pub(crate) fn prepare(spec: &InitSpec, image: OwnedFd) -> Result<(), Report> {
+    move_mount(
+        &image,
+        "",
+        CWD,
+        IMAGE_DIR,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .step(|| format!("attach the image on {IMAGE_DIR}"))?;
+    drop(image);
+    // The copy is a peer of the host's mount of the image when that one is shared. Slave, not
+    // private, as runc does: nothing done here propagates back to the host, and host unmounts
+    // below the image still propagate in.
     mount(
         None::<&str>,
-        "/",
+        IMAGE_DIR,
         None::<&str>,
         MsFlags::MS_SLAVE | MsFlags::MS_REC,
         None::<&str>,
     )
-    .step(|| "make / a slave mount".into())?;
-    // pivot_root needs the new root to be a mount point; binding also lets a plain directory
-    // serve as the image.
-    mount(
-        Some(&spec.rootfs),
-        &spec.rootfs,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .step(|| format!("bind {} onto itself", spec.rootfs.display()))?;
-    let root = Root::open(&spec.rootfs)?;
+    .step(|| "make the image a slave mount".into())?;
+    let root = Root::open(Path::new(IMAGE_DIR))?;
     let no_exec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     root.mount("proc", "proc", no_exec, None)?;
     mount_sys(&root, spec.user_namespace)?;
@@ -91,8 +96,7 @@ struct Root {
 }
 
 impl Root {
-    /// Opens the image's root directory (after it was bound onto itself, so the descriptor is
-    /// the bind mount's root).
+    /// Opens the image's root directory (once attached, so the descriptor is its mount's root).
     fn open(rootfs: &Path) -> Result<Root, Report> {
         let fd = rustix::fs::open(rootfs, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
             .step(|| format!("open {}", rootfs.display()))?;

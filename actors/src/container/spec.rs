@@ -1,10 +1,11 @@
 //! What the service hands to a container init, and what the init answers when it fails.
 //!
 //! The service re-executes its own binary as the init (see [`super::init`]). Between the two
-//! processes there are exactly three channels, on fixed descriptor numbers in the init:
+//! processes there are exactly four channels, on fixed descriptor numbers in the init:
 //! - [`SPEC_FD`]: a memfd holding the [`InitSpec`] as JSON;
 //! - [`REPORT_FD`]: the write end of a close-on-exec pipe. End of file without a byte means the
 //!   payload was executed; otherwise the init wrote one [`Report`] and exits with 127;
+//! - [`IMAGE_FD`]: a detached copy of the image's mount tree (`open_tree`), to attach as `/`;
 //! - the init's stdout and stderr: the container's log file.
 
 use std::io;
@@ -21,6 +22,9 @@ pub(crate) const SPEC_FD: RawFd = 3;
 
 /// Descriptor of the failure report pipe in the init.
 pub(crate) const REPORT_FD: RawFd = 4;
+
+/// Descriptor of the image's detached mount tree in the init.
+pub(crate) const IMAGE_FD: RawFd = 5;
 
 /// Where a command name without a `/` is looked for inside the image, in order.
 pub(crate) const SEARCH_PATH: [&str; 6] = [
@@ -44,8 +48,6 @@ const REPORT_HEADER: usize = 5;
 /// Everything the init needs to build the container, already checked by the service.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct InitSpec {
-    /// The host directory that becomes `/`.
-    pub rootfs: PathBuf,
     /// The payload's argument vector; `argv[0]` is resolved inside the new root.
     pub argv: Vec<String>,
     /// The payload's environment, `KEY=VALUE`.
