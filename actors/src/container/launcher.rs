@@ -194,8 +194,14 @@ enum LoaderEntry {
 fn loader_entries() -> Result<BTreeMap<String, LoaderEntry>, String> {
     let maps =
         fs::read_to_string("/proc/self/maps").map_err(|e| format!("read /proc/self/maps: {e}"))?;
+    // The init program is a copy of the binary in memory: the binary's own directory (a build
+    // tree, say) is not needed.
+    let binary = fs::read_link("/proc/self/exe").ok();
     let mapped = maps.lines().filter_map(|line| {
         let path = line.split_whitespace().nth(5)?;
+        if binary.as_deref() == Some(Path::new(path)) {
+            return None;
+        }
         let first = path.strip_prefix('/')?.split('/').next()?;
         Some(first.to_string())
     });
