@@ -673,8 +673,12 @@ mod tests {
     /// still load it (through `upgrade`), so a node's graph survives an upgrade of the service.
     #[test]
     fn a_format_1_store_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
         let stored = include_str!("../tests/data/state-format-1.json");
-        let snapshot = upgrade(serde_json::from_str(stored).unwrap()).unwrap();
+        fs::write(dir.path().join(STATE_FILE), stored).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let snapshot = store.load().unwrap().unwrap();
+        assert_eq!(snapshot.generation, 0);
         assert_eq!(snapshot.graph.iter().count(), 4);
         assert_eq!(snapshot.graph.next_id(), 5);
         assert!(snapshot
@@ -683,6 +687,22 @@ mod tests {
             .any(|facts| matches!(facts, Facts::Loop { .. })));
         let container = snapshot.graph.by_name("web").unwrap();
         assert_eq!(container.deps.len(), 1);
+
+        // The first write of the upgraded service stores it as the current format.
+        let plan = store.plan();
+        assert_eq!(plan, Plan::Snapshot { generation: 1 });
+        let (graph, facts) = (&snapshot.graph, &snapshot.facts);
+        let instance = &snapshot.instance;
+        let bytes = serialize(plan, instance, graph, facts, &BTreeSet::new()).unwrap();
+        store.write(plan, &bytes).unwrap();
+        drop(store);
+        let written: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.path().join(STATE_FILE)).unwrap()).unwrap();
+        assert_eq!(written["format"], FORMAT);
+        let again = Store::open(dir.path()).unwrap().load().unwrap().unwrap();
+        assert_eq!(again.graph, snapshot.graph);
+        assert_eq!(again.facts, snapshot.facts);
+        assert_eq!(again.instance, snapshot.instance);
     }
 
     #[test]
