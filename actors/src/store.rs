@@ -463,15 +463,15 @@ mod tests {
     use crate::model::wire::{Attach, Mount};
     use crate::registry::graph::ObjectKind;
 
-    /// A node's graph and facts as the registry keeps them, with the changes not yet written.
-    struct Node {
+    /// A graph and its facts as the registry keeps them, with the changes not yet written.
+    struct Objects {
         graph: Graph<Record>,
         facts: BTreeMap<Id, Facts>,
     }
 
-    impl Node {
+    impl Objects {
         fn new() -> Self {
-            Node {
+            Objects {
                 graph: Graph::new(),
                 facts: BTreeMap::new(),
             }
@@ -535,6 +535,18 @@ mod tests {
         }
     }
 
+    /// A store with one create in its snapshot and a second one in its journal.
+    fn stored_twice() -> (tempfile::TempDir, Store, Objects) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut objects = Objects::new();
+        objects.create(0);
+        objects.write(&store);
+        objects.create(1);
+        objects.write(&store);
+        (dir, store, objects)
+    }
+
     fn journal_lines(dir: &Path) -> usize {
         fs::read_to_string(dir.join(JOURNAL_FILE))
             .unwrap()
@@ -547,11 +559,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert!(store.load().unwrap().is_none());
-        let mut node = Node::new();
-        node.create(3);
-        assert_eq!(node.write(&store), Plan::Snapshot { generation: 1 });
+        let mut objects = Objects::new();
+        objects.create(3);
+        assert_eq!(objects.write(&store), Plan::Snapshot { generation: 1 });
         drop(store);
-        node.assert_loads_from(dir.path());
+        objects.assert_loads_from(dir.path());
         let mut files: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .flatten()
@@ -569,41 +581,35 @@ mod tests {
     fn changes_go_to_the_journal_and_replay_onto_the_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut node = Node::new();
-        let first = node.create(0);
-        node.write(&store);
-        let second = node.create(1);
-        assert_eq!(node.write(&store), Plan::Journal);
-        node.delete(first);
-        node.graph.begin();
-        assert_eq!(node.write(&store), Plan::Journal);
-        if let Some(Record::Mount(mount)) = node.graph.record_mut(second) {
+        let mut objects = Objects::new();
+        let first = objects.create(0);
+        objects.write(&store);
+        let second = objects.create(1);
+        assert_eq!(objects.write(&store), Plan::Journal);
+        objects.delete(first);
+        objects.graph.begin();
+        assert_eq!(objects.write(&store), Plan::Journal);
+        if let Some(Record::Mount(mount)) = objects.graph.record_mut(second) {
             mount.mountpoint = Some("/run/m/elsewhere".to_string());
         }
-        node.facts.remove(&second);
-        node.write(&store);
+        objects.facts.remove(&second);
+        objects.write(&store);
         assert_eq!(journal_lines(dir.path()), 4, "a header and three batches");
         drop(store);
-        node.assert_loads_from(dir.path());
+        objects.assert_loads_from(dir.path());
 
         // A start writes a new snapshot first, with the next generation and an empty journal.
         let store = Store::open(dir.path()).unwrap();
         store.load().unwrap();
-        assert_eq!(node.write(&store), Plan::Snapshot { generation: 2 });
+        assert_eq!(objects.write(&store), Plan::Snapshot { generation: 2 });
         assert_eq!(journal_lines(dir.path()), 1);
         drop(store);
-        node.assert_loads_from(dir.path());
+        objects.assert_loads_from(dir.path());
     }
 
     #[test]
     fn a_cut_last_line_is_dropped_and_a_bad_line_before_others_is_corrupt() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut node = Node::new();
-        node.create(0);
-        node.write(&store);
-        node.create(1);
-        node.write(&store);
+        let (dir, store, objects) = stored_twice();
         let journal = dir.path().join(JOURNAL_FILE);
         let stored = fs::read(&journal).unwrap();
         drop(store);
@@ -612,10 +618,10 @@ mod tests {
         let mut cut = stored.clone();
         cut.extend_from_slice(b"{\"counters\":{\"next_id\":9");
         fs::write(&journal, &cut).unwrap();
-        node.assert_loads_from(dir.path());
+        objects.assert_loads_from(dir.path());
         cut.extend_from_slice(b"\0\0\n");
         fs::write(&journal, &cut).unwrap();
-        node.assert_loads_from(dir.path());
+        objects.assert_loads_from(dir.path());
 
         // The same damage with a line after it is not a crash's doing.
         let mut lines = stored.split_inclusive(|&b| b == b'\n');
@@ -631,36 +637,26 @@ mod tests {
 
     #[test]
     fn a_journal_older_than_the_snapshot_is_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut node = Node::new();
-        node.create(0);
-        node.write(&store);
-        node.create(1);
-        node.write(&store);
+        let (dir, store, objects) = stored_twice();
         // A crash after the next snapshot was renamed into place, before its journal was: the
         // journal still holds generation 1's changes, which the snapshot of generation 2 has.
         let newer = serialize(
             Plan::Snapshot { generation: 2 },
             "test",
-            &node.graph,
-            &node.facts,
+            &objects.graph,
+            &objects.facts,
             &BTreeSet::new(),
         )
         .unwrap();
         store.replace_file(&store.path(), &newer).unwrap();
         assert_eq!(journal_lines(dir.path()), 2);
         drop(store);
-        node.assert_loads_from(dir.path());
+        objects.assert_loads_from(dir.path());
     }
 
     #[test]
     fn a_long_journal_is_folded_into_a_new_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut node = Node::new();
-        node.create(0);
-        node.write(&store);
+        let (_dir, store, _) = stored_twice();
         let filler = vec![b' '; JOURNAL_FLOOR as usize / 2];
         for _ in 0..2 {
             assert_eq!(store.plan(), Plan::Journal);
