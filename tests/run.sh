@@ -35,9 +35,10 @@ before=$(kernel_resources)
 
 status=0
 cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" || status=$?
-# Again the runtime suite, as a service in a sandbox sees the host: in a pid namespace whose
-# session leader is outside it, so the service's session id reads 0.
-unshare --pid --fork --mount-proc \
+# Again the runtime suite, as a service in a sandbox or on a systemd host sees the host: in a
+# pid namespace whose session leader is outside it (the service's session id reads 0), and with
+# shared mount propagation, as systemd sets up /.
+unshare --pid --fork --mount-proc --propagation shared \
   cargo test -p imageapi-actors --test container_runtime || status=$?
 # The served swagger.yaml against the service, by schemathesis (no 5xx for client faults).
 tests/contract/schemathesis.sh || status=$?

@@ -769,4 +769,24 @@ fn inits_are_cloned_from_a_namespace_without_the_hosts_mounts() {
         "a few dozen mounts: /, /proc, /dev, /sys and the loader's: {before:?}"
     );
     drop(mounts);
+
+    // The init's copy of the image is a slave: its mounts never show on the host, also where
+    // the host's mounts are shared (tests/run.sh runs this suite that way too).
+    let init = launch(image.config_argv(&["sleep", "100"], &[])).unwrap();
+    let root = image.root().to_string_lossy().to_string();
+    let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let leaked: Vec<&str> = host_mounts
+        .lines()
+        .filter(|line| {
+            line.split_whitespace()
+                .nth(4)
+                .is_some_and(|m| m.starts_with(&root))
+        })
+        .collect();
+    init.kill().unwrap();
+    wait(&init);
+    assert!(
+        leaked.is_empty(),
+        "the container's mounts reached the host: {leaked:?}"
+    );
 }
