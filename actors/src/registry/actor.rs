@@ -167,11 +167,15 @@ impl Actor for Registry {
                     let plan = store.plan();
                     let saved = match registry.send(TakeChanges(plan)).await {
                         Ok(Ok(serialized)) => {
-                            let store = store.clone();
-                            off_event_loop(move || store.write(plan, &serialized))
-                                .await
-                                .unwrap_or(Ok(()))
-                                .map_err(|err| err.to_string())
+                            let writer = store.clone();
+                            match off_event_loop(move || writer.write(plan, &serialized)).await {
+                                Some(written) => written.map_err(|err| err.to_string()),
+                                None => {
+                                    // It may not have run: the next write stores the whole graph.
+                                    store.start_over();
+                                    Err("the write was cancelled".to_string())
+                                }
+                            }
                         }
                         Ok(Err(err)) => {
                             // The changes taken are not in the journal: write them all anew.
