@@ -96,6 +96,46 @@ fn restart_adopts_loops_mounts_overlays_and_running_containers() {
 }
 
 #[test]
+fn a_systemd_containers_console_is_relayed_again_after_a_restart() {
+    let mut svc = keeping();
+    let image = busybox_image(&svc, "console");
+    let ticking = "i=0; while true; do i=$((i+1)); echo tick-$i > /dev/console; \
+                   /bin/busybox sleep 0.2; done";
+    let container = svc.create(
+        "container",
+        &json!({
+            "name": "ticking",
+            "command": format!("/bin/busybox sh -c '{ticking}'"),
+            "systemd": true,
+            "state": "running",
+            "mount": overlay(vec![squashfs_mount(&image)]),
+        }),
+    );
+    let log_path = str_of(&container, "/logfile").to_string();
+    let ticks = |from: usize| {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        log.get(from..).unwrap_or_default().matches("tick-").count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || ticks(0) > 0),
+        "the console reaches the log"
+    );
+
+    svc.restart(false);
+
+    // The previous relay (and its terminal) ended with the service; the new one takes over.
+    let after_restart = std::fs::read_to_string(&log_path).unwrap().len();
+    assert!(
+        wait_for(Duration::from_secs(10), || ticks(after_restart) > 0),
+        "no console output after the restart:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    let deleted = svc.delete("/container?name=ticking&force=true");
+    assert_eq!(deleted.status, 200, "{deleted}");
+    svc.assert_empty();
+}
+
+#[test]
 fn objects_whose_resource_vanished_are_dropped_with_their_users() {
     let mut svc = keeping();
     let image = squashfs_image(svc.dir(), "vanish");

@@ -109,6 +109,21 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
             }
         }
     }
+    // A systemd container's console was relayed by the previous service: give it a new one.
+    for (id, resource) in &adopted {
+        let (Adopted::Container(Some(init)), Some(Record::Container(container))) =
+            (resource, graph.get(*id).map(|n| &n.record))
+        else {
+            continue;
+        };
+        if !container.systemd {
+            continue;
+        }
+        let log = Path::new(container.logfile.as_deref().unwrap_or_default());
+        if let Err(err) = crate::container::reattach_console(*id, init, log) {
+            warn!(id, error = %err, "cannot give the adopted container a new console");
+        }
+    }
     clean_unclaimed_loops(&instance, &adopted);
     clean_unclaimed_cgroups(&adopted);
     clean_unclaimed_mountpoints(mount_dir, &graph);

@@ -8,14 +8,20 @@
 //! pseudo-terminal comes from the host's `devpts`, so the container's own `devpts` instance
 //! does not show it.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
+use nix::mount::{umount2, MntFlags};
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, PtyMaster};
+use nix::sched::{setns, unshare, CloneFlags};
+use rustix::fs::CWD;
+use rustix::mount::{move_mount, open_tree, MoveMountFlags, OpenTreeFlags};
+
+use super::process::Init;
 
 /// How long the relay sleeps when nothing holds the terminal open (the master then reports a
 /// hang-up at once, so polling it again right away would spin).
@@ -41,6 +47,15 @@ pub(crate) struct Console {
     path: PathBuf,
 }
 
+/// Gives the adopted init of systemd container `id` a new console, relayed to its log at
+/// `log_path` like the first one was: the previous service's relay ended with it.
+pub fn reattach_console(id: i64, init: &Init, log_path: &Path) -> io::Result<()> {
+    let console = Console::open()?;
+    console.reattach(init.pidfd())?;
+    let log = OpenOptions::new().append(true).open(log_path)?;
+    console.relay(id, init.pidfd(), &log)
+}
+
 impl Console {
     /// Opens a new pseudo-terminal pair on the host.
     pub fn open() -> io::Result<Console> {
@@ -64,6 +79,47 @@ impl Console {
             slave,
             path,
         })
+    }
+
+    /// Binds this console's slave over `/dev/console` in the mount namespace of the process
+    /// `pidfd` refers to: an init adopted after a restart, whose console died with the previous
+    /// service (its master was a descriptor of that process). What opens `/dev/console` from
+    /// then on (systemd for each status line, a getty when it starts again) gets this one.
+    fn reattach(&self, pidfd: BorrowedFd<'_>) -> io::Result<()> {
+        let flags = OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH;
+        let slave = open_tree(&self.slave, "", flags)?;
+        let pidfd = pidfd.try_clone_to_owned()?;
+        // A thread of its own: entering another mount namespace needs a thread that shares
+        // its root and working directory with no other, and it ends there.
+        std::thread::Builder::new()
+            .name("console-attach".into())
+            .spawn(move || -> io::Result<()> {
+                let step = |step: &'static str| {
+                    move |error: nix::errno::Errno| io::Error::other(format!("{step}: {error}"))
+                };
+                unshare(CloneFlags::CLONE_FS).map_err(step("unshare the file system context"))?;
+                setns(&pidfd, CloneFlags::CLONE_NEWNS)
+                    .map_err(step("enter the init's mount namespace"))?;
+                // The old terminal went with its master: the bind of its slave is left on a
+                // deleted file, on which nothing can be mounted.
+                match umount2("/dev/console", MntFlags::MNT_DETACH) {
+                    Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+                    Err(error) => return Err(step("unmount the old /dev/console")(error)),
+                }
+                move_mount(
+                    &slave,
+                    "",
+                    CWD,
+                    "/dev/console",
+                    MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+                )
+                .map_err(|error| io::Error::other(format!("bind /dev/console: {error}")))?;
+                Ok(())
+            })?
+            .join()
+            .map_err(|_| io::Error::other("the console-attach thread panicked"))?
     }
 
     /// The slave's path on the host, for the init to bind onto `/dev/console`.

@@ -27,6 +27,7 @@ mod rootfs;
 mod spec;
 
 pub use cgroup::{Cgroup, CgroupError};
+pub use console::reattach_console;
 pub use init::run_if_init;
 pub use launch::{check_init, launch, InitConfig, LaunchError};
 pub use process::{ExitStatus, Init};

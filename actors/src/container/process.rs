@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -145,6 +145,11 @@ impl Init {
     /// The container's cgroups.
     pub fn cgroup(&self) -> &Cgroup {
         &self.cgroup
+    }
+
+    /// The init's pidfd.
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
     }
 
     /// Sends signal number `signal` to the init through its pidfd (so never to a recycled pid).
