@@ -106,7 +106,7 @@ fn start() -> Result<Mutex<mpsc::Sender<Job>>, String> {
 }
 
 /// Moves the calling thread into a new, private mount namespace whose root is a tmpfs holding
-/// the host's `/proc`, `/dev` and `/sys`, and [`IMAGE_DIR`].
+/// the host's `/proc`, `/dev` and `/sys`, the loader's directories and [`IMAGE_DIR`].
 fn enter_launcher_namespace() -> Result<(), String> {
     // The new namespace is this thread's alone: unsharing it also unshares the thread's root
     // and working directory from the rest of the service.
