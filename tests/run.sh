@@ -26,10 +26,12 @@ fi
 # A fresh machine may lack loop device nodes until the module is asked for.
 [ -e /dev/loop-control ] || modprobe loop
 
-# What the suite may not leave behind: loop devices and mounts it made (compared with before).
+# What the suite may not leave behind: loop devices, mounts and container cgroups it made
+# (compared with before).
 kernel_resources() {
   losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null | sort
   awk '$5 ~ /^\/tmp\// {print $5}' /proc/self/mountinfo | sort
+  find /sys/fs/cgroup/*/imageapi -mindepth 1 -maxdepth 1 -type d 2>/dev/null | sort
 }
 before=$(kernel_resources)
 
