@@ -5,7 +5,8 @@
 //! - the v1 freezer, only when cgroup2 cannot freeze (not mounted, or too old a kernel): v1 is
 //!   the fallback, not a second copy, since one freezer is enough.
 //! - the v1 `name=systemd` hierarchy, for systemd containers on a hybrid host: systemd in the
-//!   container needs a subtree of it that it may write to.
+//!   container needs a subtree of it that it may write to. On a host with cgroup2 alone
+//!   ([`unified_only`]) a systemd container gets its cgroup2 cgroup on `/sys/fs/cgroup` instead.
 //!
 //! Hierarchies are found through `/proc/self/mountinfo`, never assumed. The init is cloned
 //! straight into its cgroup2 cgroup, and the service writes its pid to the v1 `cgroup.procs`
@@ -244,6 +245,13 @@ fn unescape(field: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the host has cgroup2 and no v1 `name=systemd` hierarchy (the layout of current
+/// distributions): systemd in a container then runs in unified mode, on cgroup2 alone.
+pub(crate) fn unified_only() -> Result<bool, CgroupError> {
+    let hierarchies = hierarchies()?;
+    Ok(hierarchies.unified.is_some() && hierarchies.systemd.is_none())
 }
 
 /// Names this service among others on the host (see [`set_instance`]).

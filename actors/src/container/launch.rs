@@ -346,6 +346,7 @@ fn spec(
         cgroup_namespace: cgroup,
         user_namespace: user,
         systemd: config.systemd,
+        unified_cgroups: config.systemd && super::cgroup::unified_only()?,
         console,
     })
 }

@@ -85,7 +85,7 @@ pub(crate) fn prepare(spec: &InitSpec, image: OwnedFd) -> Result<(), Report> {
         bind_console(&root, console)?;
     }
     if spec.systemd {
-        mount_systemd(&root)?;
+        mount_systemd(&root, spec.unified_cgroups)?;
     }
     pivot(&root)
 }
@@ -294,14 +294,94 @@ fn bind_console(root: &Root, console: &Path) -> Result<(), Report> {
 }
 
 /// The mounts systemd expects in a container: tmpfs on `/run`, `/tmp` and `/var/lib/journal`,
-/// a read-only tmpfs `/sys/fs/cgroup` with the container's own cgroups (hybrid layout, as on
-/// the host), and a read-only `/proc/sys`.
-fn mount_systemd(root: &Root) -> Result<(), Report> {
+/// the container's own cgroups on `/sys/fs/cgroup` in the host's layout (hybrid, or cgroup2
+/// alone), and a read-only `/proc/sys`.
+fn mount_systemd(root: &Root, unified_cgroups: bool) -> Result<(), Report> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     for (path, mode) in SYSTEMD_TMPFS {
         root.mount(path, "tmpfs", flags, Some(mode))?;
     }
     let no_exec = flags | MsFlags::MS_NOEXEC;
+    if unified_cgroups {
+        mount_unified_cgroup(root, no_exec)?;
+    } else {
+        mount_hybrid_cgroups(root, no_exec)?;
+    }
+    let target = root.dir("proc/sys")?;
+    mount(
+        Some(&fd_path(&target)),
+        &fd_path(&target),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .step(|| "bind /proc/sys onto itself".into())?;
+    root.remount_read_only("proc/sys", no_exec)
+}
+
+/// The container's own cgroup2 cgroup, writable, on `/sys/fs/cgroup`: systemd's unified mode,
+/// for hosts without v1 hierarchies.
+fn mount_unified_cgroup(root: &Root, flags: MsFlags) -> Result<(), Report> {
+    let own = own_cgroup("")?;
+    let cgroups_dir = root.dir("sys/fs/cgroup")?;
+    let target = fd_path(&cgroups_dir);
+    if own == "/" {
+        // Inside a cgroup namespace the mount shows the container's cgroup as its root.
+        return mount(
+            Some("cgroup2"),
+            &target,
+            Some("cgroup2"),
+            flags,
+            None::<&str>,
+        )
+        .step(|| "mount cgroup2 on /sys/fs/cgroup".into());
+    }
+    // Without one it shows the whole hierarchy: mount that aside (in the container's fresh
+    // /run), bind the container's own subtree in place, and drop the rest, so that no unmount
+    // can reveal it.
+    let run = root.dir("run")?;
+    let aside = fd_path(&run).join(".cgroup2");
+    fs::create_dir(&aside).step(|| "create /run/.cgroup2".into())?;
+    mount(
+        Some("cgroup2"),
+        &aside,
+        Some("cgroup2"),
+        flags,
+        None::<&str>,
+    )
+    .step(|| "mount cgroup2 on /run/.cgroup2".into())?;
+    let own_dir = aside.join(own.trim_start_matches('/'));
+    mount(
+        Some(&own_dir),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .step(|| "bind the container's cgroup on /sys/fs/cgroup".into())?;
+    umount2(&aside, MntFlags::MNT_DETACH).step(|| "unmount /run/.cgroup2".into())?;
+    fs::remove_dir(&aside).step(|| "remove /run/.cgroup2".into())
+}
+
+/// The container's cgroup in the hierarchy `kind` names in `/proc/self/cgroup` (`""` for
+/// cgroup2, `name=systemd`, ...).
+fn own_cgroup(kind: &str) -> Result<String, Report> {
+    let membership =
+        fs::read_to_string("/proc/self/cgroup").step(|| "read /proc/self/cgroup".into())?;
+    membership
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, found, path) = (fields.next()?, fields.next()?, fields.next()?);
+            (found == kind).then(|| path.to_string())
+        })
+        .ok_or_else(|| Report::kernel(format!("find the {kind:?} cgroup"), Errno::NOENT))
+}
+
+/// A read-only tmpfs on `/sys/fs/cgroup` holding the container's own cgroup in cgroup2
+/// (`unified`) and in the v1 `name=systemd` hierarchy (`systemd`): systemd's hybrid mode, as
+/// on the host.
+fn mount_hybrid_cgroups(root: &Root, no_exec: MsFlags) -> Result<(), Report> {
     root.mount("sys/fs/cgroup", "tmpfs", no_exec, Some("mode=755"))?;
     let cgroups_dir = root.dir("sys/fs/cgroup")?;
     let cgroups = fd_path(&cgroups_dir);
@@ -351,17 +431,7 @@ fn mount_systemd(root: &Root) -> Result<(), Report> {
     // systemd-nspawn, leave it read-only the same way). systemd 252 still says in its first
     // console lines that it could not link the names of the controllers it mounts in pairs
     // (`cpu` and `cpuacct` to `cpu,cpuacct`): harmless, nothing is mounted there.
-    root.remount_read_only("sys/fs/cgroup", no_exec)?;
-    let target = root.dir("proc/sys")?;
-    mount(
-        Some(&fd_path(&target)),
-        &fd_path(&target),
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .step(|| "bind /proc/sys onto itself".into())?;
-    root.remount_read_only("proc/sys", no_exec)
+    root.remount_read_only("sys/fs/cgroup", no_exec)
 }
 
 /// Makes the image the root and drops the host's mounts: `pivot_root(".", ".")` stacks the old

@@ -60,6 +60,9 @@ pub(crate) struct InitSpec {
     pub user_namespace: bool,
     /// Whether to prepare the extra mounts systemd expects.
     pub systemd: bool,
+    /// Whether the host has cgroup2 alone: systemd then gets the container's cgroup2 cgroup on
+    /// `/sys/fs/cgroup` (unified mode) rather than a tmpfs holding one mount per hierarchy.
+    pub unified_cgroups: bool,
     /// A pseudo-terminal slave of the host (`/dev/pts/N`) to bind onto `/dev/console`.
     pub console: Option<PathBuf>,
 }
