@@ -243,7 +243,7 @@ fn assert_consistent(svc: &Service) {
         .filter(|c| c["state"] == "running")
         .map(id_of)
         .collect();
-    let cgroups = Path::new("/sys/fs/cgroup/unified/imageapi");
+    let cgroups = cgroup2_root().join("imageapi");
     for id in &running {
         let procs = std::fs::read_to_string(cgroups.join(format!("{instance}-{id}/cgroup.procs")))
             .unwrap_or_default();
@@ -252,7 +252,7 @@ fn assert_consistent(svc: &Service) {
             "container {id} listed running but has no process"
         );
     }
-    for entry in std::fs::read_dir(cgroups).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(&cgroups).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(id) = name.strip_prefix(&format!("{instance}-")) else {
             continue;

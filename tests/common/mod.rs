@@ -736,6 +736,16 @@ pub fn is_mounted(mount_point: &str) -> bool {
     mount_entry(mount_point).is_some()
 }
 
+/// Where cgroup2 is mounted: /sys/fs/cgroup/unified on a hybrid host, /sys/fs/cgroup on one
+/// with cgroup2 alone.
+pub fn cgroup2_root() -> PathBuf {
+    mountinfo()
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| PathBuf::from(m.mount_point))
+        .expect("no cgroup2 mount on this host")
+}
+
 /// Mount points at or under `dir`.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let dir = dir.to_string_lossy().into_owned();
@@ -856,6 +866,7 @@ fn kill_containers_of(dir: &Path) {
     };
     let prefix = format!("{instance}-");
     for root in [
+        "/sys/fs/cgroup",
         "/sys/fs/cgroup/unified",
         "/sys/fs/cgroup/freezer",
         "/sys/fs/cgroup/systemd",
