@@ -11,8 +11,6 @@ use std::ffi::{c_char, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
 use linux_raw_sys::general::{clone_args, CLONE_INTO_CGROUP, CLONE_PIDFD};
 use nix::fcntl::OFlag;
@@ -48,6 +46,8 @@ pub(crate) struct ParentEnds {
 /// nothing and takes no lock.
 pub(crate) struct ChildPlan {
     program: CString,
+    /// Every descriptor the child keeps (it closes the others first thing), in order.
+    kept: [RawFd; 7],
     _argv: [CString; 2],
     argv_ptrs: [*const c_char; 3],
     envp: [*const c_char; 1],
@@ -65,10 +65,10 @@ unsafe impl Send for ChildPlan {}
 
 impl ChildPlan {
     /// Prepares the descriptors and strings for a child that will execute `program` (the service
-    /// binary) as an init reading its spec from `spec`, with `log` as its stdout and stderr and
-    /// `image` (a detached mount tree) to attach as its root.
+    /// binary, as a descriptor) as an init reading its spec from `spec`, with `log` as its stdout
+    /// and stderr and `image` (a detached mount tree) to attach as its root.
     pub fn new(
-        program: &Path,
+        program: BorrowedFd<'_>,
         log: &File,
         spec: OwnedFd,
         image: OwnedFd,
@@ -80,8 +80,10 @@ impl ChildPlan {
             CString::new(INIT_MARKER).map_err(io::Error::other)?,
         ];
         let argv_ptrs = [argv[0].as_ptr(), argv[1].as_ptr(), std::ptr::null()];
-        let plan = ChildPlan {
-            program: CString::new(program.as_os_str().as_bytes()).map_err(io::Error::other)?,
+        let path = format!("/proc/self/fd/{}", program.as_raw_fd());
+        let mut plan = ChildPlan {
+            program: CString::new(path).map_err(io::Error::other)?,
+            kept: [program.as_raw_fd(); 7],
             argv_ptrs,
             _argv: argv,
             envp: [std::ptr::null()],
@@ -92,6 +94,18 @@ impl ChildPlan {
             report: high_copy(report_write.as_fd())?,
             go: high_copy(go_read.as_fd())?,
         };
+        let copies = [
+            &plan.stdin,
+            &plan.log,
+            &plan.spec,
+            &plan.image,
+            &plan.report,
+            &plan.go,
+        ];
+        for (kept, fd) in plan.kept[1..].iter_mut().zip(copies) {
+            *kept = fd.as_raw_fd();
+        }
+        plan.kept.sort_unstable();
         let ends = ParentEnds {
             go: go_write,
             report: File::from(report_read),
@@ -157,18 +171,18 @@ impl ChildPlan {
 
     /// The child's side: wait for the go, set up descriptors, execute the init program.
     fn run_child(&self) -> ! {
-        // A service killed before it lets the child go must not leave it waiting forever: the
-        // child holds copies of every descriptor the service had (the API socket among them),
-        // and other children may hold this child's go pipe. So it dies with the thread that
-        // cloned it (the launcher, which lives as long as the service), until the init, set
-        // up, clears this (init.rs). (Its parent lives in another
-        // pid namespace, so getppid() cannot tell whether the service died in the microseconds
-        // before this call; the cgroup clean-up at the next start covers that.)
+        // A service killed before it lets the child go must not leave it waiting forever (other
+        // children may hold this child's go pipe). So it dies with the thread that cloned it
+        // (the launcher, which lives as long as the service), until the init, set up, clears
+        // this (init.rs). (Its parent lives in another pid namespace, so getppid() cannot tell
+        // whether the service died in the microseconds before this call; the cgroup clean-up
+        // at the next start covers that.)
         // SAFETY: prctl(2) is async-signal-safe.
         if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
             // SAFETY: _exit(2) is async-signal-safe and skips the service's atexit handlers.
             unsafe { libc::_exit(FAILED_EXIT_CODE) };
         }
+        self.close_all_but_kept();
         let mut byte = 0u8;
         loop {
             // SAFETY: reads one byte into a valid local; read(2) is async-signal-safe.
@@ -211,6 +225,23 @@ impl ChildPlan {
         self.fail("execute the init program")
     }
 
+    /// Closes every descriptor the child does not need, at once rather than at the exec: while
+    /// it waits, a copy of the service's listening socket would keep a restarted service from
+    /// taking the socket over, should the service die meanwhile.
+    fn close_all_but_kept(&self) {
+        let mut first: u32 = 0;
+        for &fd in &self.kept {
+            let fd = fd.unsigned_abs();
+            if fd > first {
+                // SAFETY: close_range(2) is async-signal-safe; the range holds no kept descriptor.
+                unsafe { libc::close_range(first, fd - 1, 0) };
+            }
+            first = fd + 1;
+        }
+        // SAFETY: as above.
+        unsafe { libc::close_range(first, u32::MAX, 0) };
+    }
+
     /// Reports the current errno for `step` to the service and exits.
     fn fail(&self, step: &str) -> ! {
         send_report(self.report.as_raw_fd(), false, last_errno(), step);
@@ -227,4 +258,54 @@ fn high_copy(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// The calling thread's errno, read without allocating.
 fn last_errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
+
+    /// The descriptors process `pid` holds, by the inode they refer to (`socket:[N]`, ...).
+    fn open_files(pid: i32) -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+            .map(|target| target.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_waiting_child_holds_only_its_own_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("api.sock")).unwrap();
+        let socket = std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
+        let program = File::open("/bin/true").unwrap();
+        let log = File::create(dir.path().join("log")).unwrap();
+        let spec = File::open("/dev/null").unwrap();
+        let image = File::open(dir.path()).unwrap();
+        let (plan, ends) =
+            ChildPlan::new(program.as_fd(), &log, spec.into(), image.into()).unwrap();
+        let child = plan.spawn(0, None).unwrap();
+
+        // The child closes the rest right after the clone, then waits for the go.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let held = loop {
+            let held = open_files(child.pid);
+            if held.len() <= 7 || std::time::Instant::now() > deadline {
+                break held;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(held.len(), 7, "{held:?}");
+        assert!(
+            !held.contains(&socket.to_string_lossy().into_owned()),
+            "the child holds the listening socket: {held:?}"
+        );
+
+        // No go: the child exits, and is reaped here.
+        drop(ends);
+        let pid = Pid::from_raw(child.pid).unwrap();
+        waitid(WaitId::Pid(pid), WaitIdOptions::EXITED).unwrap();
+    }
 }

@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -248,7 +248,7 @@ pub fn launch(config: InitConfig) -> Result<Init, LaunchError> {
         "copy the mount of {}",
         config.rootfs.display()
     )))?;
-    let started = ChildPlan::new(&program, &config.log, spec_fd, image)
+    let started = ChildPlan::new(program, &config.log, spec_fd, image)
         .map_err(kernel("prepare the init's descriptors"))
         .and_then(|(plan, ends)| start(plan, ends, flags, &spec, &cgroup));
     match started {
@@ -274,10 +274,10 @@ pub fn launch(config: InitConfig) -> Result<Init, LaunchError> {
 /// runs it, `/proc/<init>/exe` points to the program, and a container process that got hold of
 /// it (say, through a payload script starting `#!/proc/self/exe`) could otherwise write to the
 /// service binary on the host (CVE-2019-5736). A sealed memfd cannot be written.
-fn init_program() -> Result<PathBuf, LaunchError> {
+fn init_program() -> Result<BorrowedFd<'static>, LaunchError> {
     static PROGRAM: OnceLock<OwnedFd> = OnceLock::new();
     if let Some(fd) = PROGRAM.get() {
-        return Ok(fd_path(fd));
+        return Ok(fd.as_fd());
     }
     let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
     // MFD_EXEC keeps the copy executable where vm.memfd_noexec asks for it; older kernels
@@ -293,7 +293,7 @@ fn init_program() -> Result<PathBuf, LaunchError> {
         .map_err(kernel("copy the service binary for the init"))?;
     let seals = SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE;
     fcntl_add_seals(&copy, seals).map_err(kernel("seal the init program"))?;
-    Ok(fd_path(PROGRAM.get_or_init(|| copy.into())))
+    Ok(PROGRAM.get_or_init(|| copy.into()).as_fd())
 }
 
 /// A recursive copy of a mount tree, as a descriptor (not inherited by other children).
