@@ -328,3 +328,34 @@ fn ext4_root_is_writable_and_synced_when_exited() {
     svc.remove("container", id_of(&created));
     svc.assert_empty();
 }
+
+#[test]
+fn concurrent_starts_launch_one_init() {
+    let svc = Service::start();
+    let created = svc.create(
+        "container",
+        &container(
+            "racer",
+            "/bin/busybox sleep 1000",
+            busybox_overlay(&svc, "race"),
+            false,
+        ),
+    );
+    let answers: Vec<Response> = std::thread::scope(|scope| {
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| svc.request("PATCH", "/container?name=racer&state=running", None))
+            })
+            .collect();
+        starts.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{answer}");
+        assert_eq!(answer.json()["state"], "running", "{answer}");
+    }
+    let log = std::fs::read_to_string(str_of(&created, "/logfile")).unwrap();
+    assert_eq!(log.matches(": started ").count(), 1, "one init: {log}");
+    let deleted = svc.delete("/container?name=racer&force=true");
+    assert_eq!(deleted.status, 200, "{deleted}");
+    svc.assert_empty();
+}

@@ -323,13 +323,23 @@ impl ContainerActor {
         Ok(())
     }
 
-    fn freeze(&self) -> Result<(), Error> {
-        match &self.init {
-            Some(init) => init
-                .freeze()
-                .map_err(|err| Error::rejected(FREEZER, err.to_string())),
-            None => Ok(()),
-        }
+    /// Freezes the container, off the event loop: the freezer waits until every task stopped.
+    fn pause(&mut self) -> ResponseActFuture<Self, Result<ContainerState, Error>> {
+        let init = self.init.clone();
+        let frozen = async move {
+            match init {
+                Some(init) => off_event_loop(move || init.freeze()).await,
+                None => Some(Ok(())),
+            }
+        };
+        Box::pin(frozen.into_actor(self).map(|frozen, actor, _| {
+            frozen
+                .ok_or(Error::ShuttingDown)?
+                .map_err(|err| Error::rejected(FREEZER, err.to_string()))?;
+            actor.log_line("paused");
+            actor.set_state(ContainerState::Paused, None);
+            Ok(ContainerState::Paused)
+        }))
     }
 
     fn thaw(&self) -> Result<(), Error> {
@@ -377,7 +387,8 @@ impl Actor for ContainerActor {
 pub struct ChangeState(pub ContainerState);
 
 impl Handler<ChangeState> for ContainerActor {
-    type Result = ResponseActFuture<Self, Result<ContainerState, Error>>;
+    // Atomic: no other message (a second start, say) is handled until the change is done.
+    type Result = AtomicResponse<Self, Result<ContainerState, Error>>;
 
     fn handle(
         &mut self,
@@ -385,14 +396,19 @@ impl Handler<ChangeState> for ContainerActor {
         ctx: &mut Self::Context,
     ) -> Self::Result {
         use ContainerState::*;
-        let busy =
-            |id, state, hint| Box::pin(fut::ready(Err(Error::ContainerBusy { id, state, hint })));
+        let busy = |id, state, hint| {
+            AtomicResponse::new(Box::pin(fut::ready(Err(Error::ContainerBusy {
+                id,
+                state,
+                hint,
+            }))))
+        };
         let done = |result: Result<ContainerState, Error>| -> Self::Result {
-            Box::pin(fut::ready(result))
+            AtomicResponse::new(Box::pin(fut::ready(result)))
         };
         match (self.state, wanted) {
             (current, wanted) if current == wanted => done(Ok(current)),
-            (Created | Exited | Dead, Running) => self.launch(),
+            (Created | Exited | Dead, Running) => AtomicResponse::new(self.launch()),
             (Paused, Running) => {
                 let thawed = self.thaw().map(|()| {
                     self.log_line("resumed");
@@ -403,14 +419,7 @@ impl Handler<ChangeState> for ContainerActor {
             }
             (Running | Paused, Exited) => done(self.request_stop(ctx).map(|()| Stopping)),
             (Stopping | Dead, Exited) => done(Ok(self.state)),
-            (Running, Paused) => {
-                let frozen = self.freeze().map(|()| {
-                    self.log_line("paused");
-                    self.set_state(Paused, None);
-                    Paused
-                });
-                done(frozen)
-            }
+            (Running, Paused) => AtomicResponse::new(self.pause()),
             (Stopping, _) => busy(self.id, self.state, "wait until it has exited"),
             (current, _) => busy(
                 self.id,
