@@ -324,43 +324,60 @@ fn mount_systemd(root: &Root, unified_cgroups: bool) -> Result<(), Report> {
 fn mount_unified_cgroup(root: &Root, flags: MsFlags) -> Result<(), Report> {
     let own = own_cgroup("")?;
     let cgroups_dir = root.dir("sys/fs/cgroup")?;
-    let target = fd_path(&cgroups_dir);
-    if own == "/" {
-        // Inside a cgroup namespace the mount shows the container's cgroup as its root.
-        return mount(
-            Some("cgroup2"),
-            &target,
-            Some("cgroup2"),
-            flags,
+    // Aside in the container's fresh /run (the image itself may be read-only).
+    let run = root.dir("run")?;
+    let cgroup2 = Hierarchy {
+        fstype: "cgroup2",
+        data: None,
+        flags,
+    };
+    cgroup2.mount_own(
+        &own,
+        (&fd_path(&cgroups_dir), "/sys/fs/cgroup"),
+        (&fd_path(&run).join(".cgroup2"), "/run/.cgroup2"),
+    )
+}
+
+/// A cgroup file system to mount for the container.
+struct Hierarchy {
+    fstype: &'static str,
+    data: Option<&'static str>,
+    flags: MsFlags,
+}
+
+impl Hierarchy {
+    /// Mounts the hierarchy on `target` (a path, and its name inside the image) showing only
+    /// the container's cgroup `own` (its path in `/proc/self/cgroup`). In a cgroup namespace
+    /// (`own` is `/`) the mount shows it as its root. Without one the whole hierarchy is
+    /// mounted on `aside`, the container's subtree bound onto `target` and the rest dropped,
+    /// so that no unmount can reveal it.
+    fn mount_own(
+        &self,
+        own: &str,
+        target: (&Path, &str),
+        aside: (&Path, &str),
+    ) -> Result<(), Report> {
+        let (fstype, data, flags) = (self.fstype, self.data, self.flags);
+        let ((target, target_name), (aside, aside_name)) = (target, aside);
+        if own == "/" {
+            return mount(Some(fstype), target, Some(fstype), flags, data)
+                .step(|| format!("mount {fstype} on {target_name}"));
+        }
+        fs::create_dir(aside).step(|| format!("create {aside_name}"))?;
+        mount(Some(fstype), aside, Some(fstype), flags, data)
+            .step(|| format!("mount {fstype} on {aside_name}"))?;
+        let subtree = aside.join(own.trim_start_matches('/'));
+        mount(
+            Some(&subtree),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
             None::<&str>,
         )
-        .step(|| "mount cgroup2 on /sys/fs/cgroup".into());
+        .step(|| format!("bind the container's cgroup on {target_name}"))?;
+        umount2(aside, MntFlags::MNT_DETACH).step(|| format!("unmount {aside_name}"))?;
+        fs::remove_dir(aside).step(|| format!("remove {aside_name}"))
     }
-    // Without one it shows the whole hierarchy: mount that aside (in the container's fresh
-    // /run), bind the container's own subtree in place, and drop the rest, so that no unmount
-    // can reveal it.
-    let run = root.dir("run")?;
-    let aside = fd_path(&run).join(".cgroup2");
-    fs::create_dir(&aside).step(|| "create /run/.cgroup2".into())?;
-    mount(
-        Some("cgroup2"),
-        &aside,
-        Some("cgroup2"),
-        flags,
-        None::<&str>,
-    )
-    .step(|| "mount cgroup2 on /run/.cgroup2".into())?;
-    let own_dir = aside.join(own.trim_start_matches('/'));
-    mount(
-        Some(&own_dir),
-        &target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .step(|| "bind the container's cgroup on /sys/fs/cgroup".into())?;
-    umount2(&aside, MntFlags::MNT_DETACH).step(|| "unmount /run/.cgroup2".into())?;
-    fs::remove_dir(&aside).step(|| "remove /run/.cgroup2".into())
 }
 
 /// The container's cgroup in the hierarchy `kind` names in `/proc/self/cgroup` (`""` for
@@ -399,30 +416,21 @@ fn mount_hybrid_cgroups(root: &Root, no_exec: MsFlags) -> Result<(), Report> {
             _ => continue,
         };
         let target = cgroups.join(dir);
-        fs::create_dir(&target).step(|| format!("create /sys/fs/cgroup/{dir}"))?;
-        if path == "/" {
-            // Inside a cgroup namespace the mount shows the container's cgroup as its root.
-            mount(Some(fstype), &target, Some(fstype), no_exec, data)
-                .step(|| format!("mount {fstype} on /sys/fs/cgroup/{dir}"))?;
-            continue;
-        }
-        // Without one it shows the whole hierarchy: mount that aside, bind the container's own
-        // subtree in place, and drop the rest, so that no unmount can reveal it.
-        let whole = cgroups.join(format!(".{dir}"));
-        fs::create_dir(&whole).step(|| format!("create /sys/fs/cgroup/.{dir}"))?;
-        mount(Some(fstype), &whole, Some(fstype), no_exec, data)
-            .step(|| format!("mount {fstype} on /sys/fs/cgroup/.{dir}"))?;
-        let own = whole.join(path.trim_start_matches('/'));
-        mount(
-            Some(&own),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .step(|| format!("bind the container's cgroup on /sys/fs/cgroup/{dir}"))?;
-        umount2(&whole, MntFlags::MNT_DETACH).step(|| format!("unmount /sys/fs/cgroup/.{dir}"))?;
-        fs::remove_dir(&whole).step(|| format!("remove /sys/fs/cgroup/.{dir}"))?;
+        let target_name = format!("/sys/fs/cgroup/{dir}");
+        fs::create_dir(&target).step(|| format!("create {target_name}"))?;
+        let hierarchy = Hierarchy {
+            fstype,
+            data,
+            flags: no_exec,
+        };
+        hierarchy.mount_own(
+            path,
+            (&target, &target_name),
+            (
+                &cgroups.join(format!(".{dir}")),
+                &format!("/sys/fs/cgroup/.{dir}"),
+            ),
+        )?;
     }
     // On a hybrid layout systemd mounts every v1 controller it finds in /proc/cgroups that has no
     // mount yet, which would give it the host's whole hierarchies (or create new ones, taking
