@@ -79,19 +79,8 @@ impl ContainerActor {
         mount: ObjectAddr,
         registry: Recipient<StateChanged>,
     ) -> Addr<Self> {
-        let actor = ContainerActor {
-            id,
-            plan,
-            state: ContainerState::Created,
-            init: None,
-            launches: 0,
-            stop_requested: false,
-            registry,
-            _mount: mount,
-            on_exit: Vec::new(),
-        };
-        actor.log_line("created");
-        actor.start()
+        let created = (ContainerState::Created, None);
+        Self::run(id, plan, created, mount, registry, "created")
     }
 
     /// The actor of a container found again after a restart of the service, in the state the
@@ -104,6 +93,18 @@ impl ContainerActor {
         mount: ObjectAddr,
         registry: Recipient<StateChanged>,
     ) -> Addr<Self> {
+        let line = "adopted by a new start of the service";
+        Self::run(id, plan, (state, init), mount, registry, line)
+    }
+
+    fn run(
+        id: Id,
+        plan: ContainerPlan,
+        (state, init): (ContainerState, Option<Init>),
+        mount: ObjectAddr,
+        registry: Recipient<StateChanged>,
+        line: &str,
+    ) -> Addr<Self> {
         let actor = ContainerActor {
             id,
             plan,
@@ -115,7 +116,7 @@ impl ContainerActor {
             _mount: mount,
             on_exit: Vec::new(),
         };
-        actor.log_line("adopted by a new start of the service");
+        actor.log_line(line);
         actor.start()
     }
 
