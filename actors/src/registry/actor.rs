@@ -88,6 +88,28 @@ impl Registry {
         })
     }
 
+    /// Queues a write of the graph as it is now without waiting for it: it is ordered with
+    /// every other write, and a later awaited one covers it.
+    fn persist_unawaited(&mut self) {
+        let _queued = self.persist();
+    }
+
+    /// Why object `id` of a create in progress is no longer there.
+    fn gone(&self, id: Id) -> Error {
+        if self.shutting_down {
+            Error::ShuttingDown
+        } else {
+            GraphError::DependencyGone(id).into()
+        }
+    }
+
+    fn refuse_when_shutting_down(&self) -> Result<(), Error> {
+        if self.shutting_down {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
     /// Serializes what the store must write for `plan`: the whole graph, or the nodes changed
     /// since the last write (with their facts) as one journal line.
     fn changes(&mut self, plan: Plan) -> Result<Vec<u8>, String> {
@@ -193,10 +215,7 @@ impl Actor for Registry {
                 }
             });
             // The graph checked at start may differ from the stored one: store it first.
-            let first = self.persist();
-            actix_rt::spawn(async move {
-                let _ = first.await;
-            });
+            self.persist_unawaited();
         }
         let Some(mut queue) = self.release_queue.take() else {
             return;
@@ -213,8 +232,9 @@ impl Actor for Registry {
                         }
                     }
                 }
-                // The store forgets the objects only once they are gone from the kernel: a crash
-                // mid-release leaves them listed, to be checked again at the next start.
+                // Records the releases. (Any write since the delete has already dropped the
+                // objects from the store: a crash mid-release leaves their kernel resources to
+                // the sweep of untracked loop devices, mountpoints and cgroups at the next start.)
                 let _ = registry.send(Persist).await;
                 let _ = job.done.send(());
             }
@@ -249,6 +269,7 @@ pub struct Hold {
 impl Handler<Hold> for Registry {
     type Result = Result<(Record, ObjectAddr), Error>;
     fn handle(&mut self, msg: Hold, _: &mut Self::Context) -> Self::Result {
+        self.refuse_when_shutting_down()?;
         let addr = self
             .actors
             .get(&msg.id)
@@ -275,24 +296,19 @@ pub struct Reserve {
 }
 
 impl Handler<Reserve> for Registry {
-    type Result = ResponseFuture<Result<Id, Error>>;
+    type Result = Result<Id, Error>;
     fn handle(&mut self, msg: Reserve, _: &mut Self::Context) -> Self::Result {
+        // Nothing new after a shutdown began: a releasing shutdown would not wait for it.
+        self.refuse_when_shutting_down()?;
         let kind = msg.record.kind();
-        let reserved = self
+        let id = self
             .graph
-            .reserve(msg.txn, kind, msg.name, msg.record, &msg.deps);
-        let id = match reserved {
-            Ok(id) => id,
-            Err(err) => return Box::pin(async move { Err(err.into()) }),
-        };
+            .reserve(msg.txn, kind, msg.name, msg.record, &msg.deps)?;
         // The intent goes to the store ahead of the kernel step, in order, without waiting for
         // the disk: what a crash leaves unrecorded is recognised by its tag, cgroup or
         // mountpoint at the next start (see crate::restore). The create's commit waits.
-        let persisted = self.persist();
-        actix_rt::spawn(async move {
-            let _ = persisted.await;
-        });
-        Box::pin(async move { Ok(id) })
+        self.persist_unawaited();
+        Ok(id)
     }
 }
 
@@ -309,15 +325,10 @@ pub struct Ready {
 }
 
 impl Handler<Ready> for Registry {
-    type Result = ResponseFuture<Result<(), Error>>;
+    type Result = Result<(), Error>;
     fn handle(&mut self, msg: Ready, _: &mut Self::Context) -> Self::Result {
         let Some(record) = self.graph.record_mut(msg.id) else {
-            let gone = if self.shutting_down {
-                Error::ShuttingDown
-            } else {
-                GraphError::DependencyGone(msg.id).into()
-            };
-            return Box::pin(async move { Err(gone) });
+            return Err(self.gone(msg.id));
         };
         *record = msg.record;
         if let Some(facts) = msg.facts {
@@ -326,11 +337,8 @@ impl Handler<Ready> for Registry {
         self.actors.insert(msg.id, msg.addr);
         // Written in order with the rest; the create's commit waits for it, so nobody needs to
         // wait here (one sync fewer per object of a nested create).
-        let persisted = self.persist();
-        actix_rt::spawn(async move {
-            let _ = persisted.await;
-        });
-        Box::pin(async { Ok(()) })
+        self.persist_unawaited();
+        Ok(())
     }
 }
 
@@ -343,15 +351,21 @@ pub struct Commit {
 }
 
 impl Handler<Commit> for Registry {
-    type Result = ResponseFuture<Result<Record, Error>>;
+    type Result = ResponseActFuture<Self, Result<Record, Error>>;
     fn handle(&mut self, msg: Commit, _: &mut Self::Context) -> Self::Result {
         self.graph.commit(msg.txn);
-        let view = record::view(&self.graph, msg.top).ok_or(Error::ShuttingDown);
+        let view = record::view(&self.graph, msg.top).ok_or_else(|| self.gone(msg.top));
         let persisted = self.persist();
-        Box::pin(async move {
-            persisted.await?;
+        Box::pin(persisted.into_actor(self).map(move |written, registry, _| {
+            if let Err(err) = written {
+                // Not on disk, so not made: undone as a failed create is.
+                if let Ok(removed) = registry.graph.delete(msg.top, true) {
+                    drop(registry.release(removed));
+                }
+                return Err(err);
+            }
             view
-        })
+        }))
     }
 }
 
@@ -542,10 +556,7 @@ impl Handler<StateChanged> for Registry {
             None => {}
         }
         // Nobody waits for this write; it is ordered with every other one.
-        let persisted = self.persist();
-        actix_rt::spawn(async move {
-            let _ = persisted.await;
-        });
+        self.persist_unawaited();
     }
 }
 
