@@ -451,45 +451,6 @@ impl Cgroup {
             }
         }
     }
-
-    /// The service's cgroups that process `pid` is in (for an init adopted after a restart),
-    /// from `/proc/<pid>/cgroup`. Cgroups outside the service's own tree are ignored.
-    pub(crate) fn of_process(pid: i32) -> Result<Cgroup, CgroupError> {
-        let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
-        let listing = fs::read_to_string(&path).map_err(|source| CgroupError::Io {
-            action: "read",
-            path,
-            source,
-        })?;
-        let h = hierarchies()?;
-        let mut cgroup = Cgroup::default();
-        for line in listing.lines() {
-            let mut fields = line.splitn(3, ':');
-            let (Some(_), Some(controllers), Some(dir)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            let Some(inside) = dir.strip_prefix('/').filter(|d| d.starts_with(PARENT_DIR)) else {
-                continue;
-            };
-            let root = match controllers {
-                "" => &h.unified,
-                c if c.split(',').any(|c| c == "freezer") => &h.freezer,
-                c if c.split(',').any(|c| c == "name=systemd") => &h.systemd,
-                _ => continue,
-            };
-            let slot = match controllers {
-                "" => &mut cgroup.unified,
-                c if c.split(',').any(|c| c == "freezer") => &mut cgroup.freezer,
-                _ => &mut cgroup.systemd,
-            };
-            if let Some(root) = root {
-                *slot = Some(root.join(inside));
-            }
-        }
-        Ok(cgroup)
-    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -41,6 +41,7 @@ use super::process::Init;
 use super::reaper::{self, ReaperError};
 use super::spec::{InitSpec, Report, SEARCH_PATH};
 use crate::model::wire::Namespace;
+use crate::sys::beneath::fd_path;
 
 /// The service binary, whose `main` starts with [`super::run_if_init`]: the init program.
 const SELF_EXE: &str = "/proc/self/exe";
@@ -209,10 +210,14 @@ fn check_file(root: &OwnedFd, path: &str, shown: &str) -> Result<(), LaunchError
     }
     // access(2) also accounts for a noexec mount, which the mode bits do not show. It takes
     // the file through its /proc/self/fd link (no AT_EMPTY_PATH in rustix's accessat).
-    accessat(CWD, fd_path(&file), Access::EXEC_OK, AtFlags::empty()).map_err(|_| {
-        LaunchError::InitNotExecutable {
-            path: shown.to_owned(),
-        }
+    accessat(
+        CWD,
+        fd_path(file.as_fd()),
+        Access::EXEC_OK,
+        AtFlags::empty(),
+    )
+    .map_err(|_| LaunchError::InitNotExecutable {
+        path: shown.to_owned(),
     })
 }
 
@@ -239,7 +244,6 @@ pub fn launch(config: InitConfig) -> Result<Init, LaunchError> {
     check_init(&config.rootfs, &spec.argv[0])?;
     reaper::start_reaper()?;
     let spec_fd = write_spec(&spec)?;
-    let cgroup = Cgroup::create(config.id, config.systemd)?;
     let flags = namespaces
         .iter()
         .fold(0, |flags, ns| flags | clone_flag(*ns));
@@ -248,6 +252,9 @@ pub fn launch(config: InitConfig) -> Result<Init, LaunchError> {
         "copy the mount of {}",
         config.rootfs.display()
     )))?;
+    // Last of the fallible steps before the clone: the cgroups are removed if anything after
+    // fails.
+    let cgroup = Cgroup::create(config.id, config.systemd)?;
     let started = ChildPlan::new(program, &config.log, spec_fd, image)
         .map_err(kernel("prepare the init's descriptors"))
         .and_then(|(plan, ends)| start(plan, ends, flags, &spec, &cgroup));
@@ -299,11 +306,6 @@ fn init_program() -> Result<BorrowedFd<'static>, LaunchError> {
 /// A recursive copy of a mount tree, as a descriptor (not inherited by other children).
 fn image_tree_flags() -> OpenTreeFlags {
     OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_RECURSIVE
-}
-
-/// The path through which a process reaches its descriptor `fd`.
-fn fd_path(fd: &OwnedFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 /// Builds and checks the spec the init gets.

@@ -23,7 +23,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -43,13 +43,13 @@ const LOADER_DIRS: [&str; 6] = ["usr", "etc", "lib", "lib64", "lib32", "libx32"]
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The launcher's queue, once it runs; or why it could not start.
-static LAUNCHER: OnceLock<Result<Mutex<mpsc::Sender<Job>>, String>> = OnceLock::new();
+/// The launcher's queue, once it runs. A failed setup is tried again at the next launch.
+static LAUNCHER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
 
 /// Why a job could not run on the launcher thread.
 #[derive(Debug, thiserror::Error)]
 pub enum LauncherError {
-    /// The launcher's namespace could not be built (at the first launch of the process).
+    /// The launcher's namespace could not be built (tried again at the next launch).
     #[error("cannot set up the launcher's mount namespace: {0}")]
     Setup(String),
     /// The launcher thread is gone.
@@ -62,24 +62,27 @@ pub enum LauncherError {
 pub(crate) fn on_launcher<T: Send + 'static>(
     job: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, LauncherError> {
-    let queue = LAUNCHER
-        .get_or_init(start)
-        .as_ref()
-        .map_err(|reason| LauncherError::Setup(reason.clone()))?;
     let (answer, answered) = mpsc::sync_channel(1);
     let job: Job = Box::new(move || {
         let _ = answer.send(job());
     });
-    queue
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .send(job)
-        .map_err(|_| LauncherError::Stopped)?;
+    {
+        let mut launcher = LAUNCHER.lock().unwrap_or_else(|poison| poison.into_inner());
+        let queue = match launcher.as_ref() {
+            Some(queue) => queue,
+            None => launcher.insert(start().map_err(LauncherError::Setup)?),
+        };
+        if queue.send(job).is_err() {
+            // Gone: the next launch starts a new one.
+            *launcher = None;
+            return Err(LauncherError::Stopped);
+        }
+    }
     answered.recv().map_err(|_| LauncherError::Stopped)
 }
 
 /// Starts the launcher thread and waits until its namespace is ready.
-fn start() -> Result<Mutex<mpsc::Sender<Job>>, String> {
+fn start() -> Result<mpsc::Sender<Job>, String> {
     let (jobs, queue) = mpsc::channel::<Job>();
     let (ready, setup) = mpsc::sync_channel(1);
     std::thread::Builder::new()
@@ -99,7 +102,7 @@ fn start() -> Result<Mutex<mpsc::Sender<Job>>, String> {
         })
         .map_err(|error| format!("cannot start the launcher thread: {error}"))?;
     match setup.recv() {
-        Ok(Ok(())) => Ok(Mutex::new(jobs)),
+        Ok(Ok(())) => Ok(jobs),
         Ok(Err(reason)) => Err(reason),
         Err(_) => Err("the launcher thread died while setting up".to_string()),
     }

@@ -119,7 +119,9 @@ impl Init {
             pid,
             pidfd,
             start_time,
-            cgroup: Cgroup::of_process(pid).map_err(io::Error::other)?,
+            // By the container's id, not by the init's own cgroup: systemd moves itself into a
+            // sub-cgroup (init.scope).
+            cgroup: Cgroup::left_by(id).map_err(io::Error::other)?,
             status: Mutex::new(None),
             left_running: AtomicBool::new(false),
             adopted: true,

@@ -8,8 +8,8 @@
 //! onto the resolved directory through its `/proc/self/fd` link.
 
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::pivot_root;
@@ -22,6 +22,7 @@ use rustix::mount::{move_mount, MoveMountFlags};
 
 use super::launcher::IMAGE_DIR;
 use super::spec::{InitSpec, Report, Step};
+use crate::sys::beneath::fd_path;
 
 /// Size limit of the `/dev` and `/dev/shm` tmpfs.
 const DEV_SIZE: &str = "size=65536k";
@@ -140,8 +141,14 @@ impl Root {
         data: Option<&str>,
     ) -> Result<(), Report> {
         let target = self.dir(path)?;
-        mount(Some(fstype), &fd_path(&target), Some(fstype), flags, data)
-            .step(|| format!("mount {fstype} on /{path}"))
+        mount(
+            Some(fstype),
+            &fd_path(target.as_fd()),
+            Some(fstype),
+            flags,
+            data,
+        )
+        .step(|| format!("mount {fstype} on /{path}"))
     }
 
     /// Makes the mount at `path` read-only, keeping the flags the kernel may have locked.
@@ -151,18 +158,13 @@ impl Root {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked;
         mount(
             None::<&str>,
-            &fd_path(&target),
+            &fd_path(target.as_fd()),
             None::<&str>,
             flags,
             None::<&str>,
         )
         .step(|| format!("make /{path} read-only"))
     }
-}
-
-/// The path through which mount(2) reaches the directory open as `fd`.
-fn fd_path(fd: &impl AsRawFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 /// Mounts a read-only sysfs on `/sys`. Only the owner of a network namespace may mount sysfs,
@@ -175,7 +177,7 @@ fn mount_sys(root: &Root, user_namespace: bool) -> Result<(), Report> {
             let target = root.dir("sys")?;
             mount(
                 Some("/sys"),
-                &fd_path(&target),
+                &fd_path(target.as_fd()),
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REC,
                 None::<&str>,
@@ -199,7 +201,7 @@ fn mount_dev(root: &Root, user_namespace: bool) -> Result<(), Report> {
     )?;
     // The fresh tmpfs holds nothing the image controls, so plain paths below it are safe.
     let dev = root.dir("dev")?;
-    let dev_path = fd_path(&dev);
+    let dev_path = fd_path(dev.as_fd());
     for (name, major, minor) in DEVICES {
         make_device(&dev, &dev_path, name, makedev(major, minor), user_namespace)?;
     }
@@ -285,7 +287,7 @@ fn bind_console(root: &Root, console: &Path) -> Result<(), Report> {
         .step(|| "create /dev/console".into())?;
     mount(
         Some(console),
-        &fd_path(&dev).join("console"),
+        &fd_path(dev.as_fd()).join("console"),
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
@@ -309,8 +311,8 @@ fn mount_systemd(root: &Root, unified_cgroups: bool) -> Result<(), Report> {
     }
     let target = root.dir("proc/sys")?;
     mount(
-        Some(&fd_path(&target)),
-        &fd_path(&target),
+        Some(&fd_path(target.as_fd())),
+        &fd_path(target.as_fd()),
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
@@ -333,8 +335,8 @@ fn mount_unified_cgroup(root: &Root, flags: MsFlags) -> Result<(), Report> {
     };
     cgroup2.mount_own(
         &own,
-        (&fd_path(&cgroups_dir), "/sys/fs/cgroup"),
-        (&fd_path(&run).join(".cgroup2"), "/run/.cgroup2"),
+        (&fd_path(cgroups_dir.as_fd()), "/sys/fs/cgroup"),
+        (&fd_path(run.as_fd()).join(".cgroup2"), "/run/.cgroup2"),
     )
 }
 
@@ -401,7 +403,7 @@ fn own_cgroup(kind: &str) -> Result<String, Report> {
 fn mount_hybrid_cgroups(root: &Root, no_exec: MsFlags) -> Result<(), Report> {
     root.mount("sys/fs/cgroup", "tmpfs", no_exec, Some("mode=755"))?;
     let cgroups_dir = root.dir("sys/fs/cgroup")?;
-    let cgroups = fd_path(&cgroups_dir);
+    let cgroups = fd_path(cgroups_dir.as_fd());
     let membership =
         fs::read_to_string("/proc/self/cgroup").step(|| "read /proc/self/cgroup".into())?;
     for line in membership.lines() {
