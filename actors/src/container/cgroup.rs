@@ -254,6 +254,17 @@ pub(crate) fn unified_only() -> Result<bool, CgroupError> {
     Ok(hierarchies.unified.is_some() && hierarchies.systemd.is_none())
 }
 
+/// The `cgroup.procs` files of cgroup `dir` and of every cgroup below it.
+fn walk_procs(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![dir.join("cgroup.procs")];
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(walk_procs(&entry.path()));
+        }
+    }
+    found
+}
+
 /// Names this service among others on the host (see [`set_instance`]).
 static INSTANCE: OnceLock<String> = OnceLock::new();
 
@@ -433,21 +444,35 @@ impl Cgroup {
     /// a moment for them to be gone, and removes the cgroups.
     pub(crate) fn kill_and_remove(&self) -> Result<(), CgroupError> {
         let _ = self.thaw();
-        for dir in self.dirs() {
-            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|pid| pid.parse::<i32>().ok()) {
-                // SAFETY: kill(2) with a pid read from the cgroup; at worst the process has
-                // exited meanwhile and the call fails with ESRCH.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
+            self.kill_all();
             match self.remove() {
                 Err(_) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 done => return done,
+            }
+        }
+    }
+
+    /// Sends SIGKILL to every process in the cgroups and their sub-cgroups (systemd's
+    /// init.scope and units): through cgroup2's `cgroup.kill` where the kernel has it (5.14+),
+    /// else to each pid listed, again on every call, so that late forks are caught too.
+    fn kill_all(&self) {
+        if let Some(dir) = &self.unified {
+            if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+                return;
+            }
+        }
+        for dir in self.dirs() {
+            for procs in walk_procs(dir) {
+                let procs = fs::read_to_string(procs).unwrap_or_default();
+                for pid in procs.lines().filter_map(|pid| pid.parse::<i32>().ok()) {
+                    // SAFETY: kill(2) with a pid read from the cgroup; at worst the process has
+                    // exited meanwhile and the call fails with ESRCH.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
             }
         }
     }
@@ -486,5 +511,36 @@ mod tests {
         let found = parse_mountinfo("25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
         assert_eq!(found.unified.as_deref(), Some(Path::new("/sys/fs/cgroup")));
         assert!(found.freezer.is_none() && found.systemd.is_none());
+    }
+
+    /// A process in a sub-cgroup (where systemd puts itself) is killed, and every cgroup of the
+    /// container removed.
+    #[test]
+    fn kill_and_remove_reaches_sub_cgroups() {
+        let id = 999_000_000 + i64::from(std::process::id());
+        let cgroup = Cgroup::create(id, false).unwrap();
+        let top = cgroup.dirs().next().unwrap().to_path_buf();
+        let scope = top.join("init.scope");
+        fs::create_dir(&scope).unwrap();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        fs::write(scope.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+
+        let killed = cgroup.kill_and_remove();
+        let exited = sleeper.try_wait().unwrap();
+        if exited.is_none() {
+            let _ = sleeper.kill();
+            let _ = sleeper.wait();
+            let _ = remove_tree(&top);
+        }
+        assert!(killed.is_ok(), "{killed:?}");
+        let status = exited.expect("the process in the sub-cgroup was not killed");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        assert!(!top.exists(), "{} left behind", top.display());
     }
 }
