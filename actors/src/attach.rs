@@ -1,6 +1,7 @@
 //! Attachment drivers: give a block device for a local node or a loopback file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,7 @@ use crate::error::{Error, Origin};
 use crate::registry::graph::ObjectKind;
 use crate::resource::{KernelResource, ResourceActor};
 use crate::store::Facts;
-use crate::sys::beneath::{open_beneath, BeneathError};
+use crate::sys::beneath::{fd_path, open_beneath, BeneathError};
 use crate::sys::blockdev::{check_block_device, BlockDeviceError};
 use crate::sys::loopdev::{self, LoopDevice};
 use crate::sys::{errno_of_io, SysError};
@@ -120,7 +121,10 @@ pub fn attach_loopback(
     }
     let device = LoopDevice::attach_tagged(&file, read_only, read_partitions, tag)
         .map_err(Error::kernel(LOOPBACK))?;
-    let backing_file = loopdev::backing_file(device.number()).unwrap_or_default();
+    // As sysfs shows it; failing that, as the kernel names the open file (the same path).
+    let backing_file = loopdev::backing_file(device.number())
+        .or_else(|| fs::read_link(fd_path(file.as_fd())).ok())
+        .unwrap_or_default();
     Ok(AttachedDevice::Loop {
         device,
         backing_file,

@@ -60,8 +60,8 @@ impl MountedFs {
 impl KernelResource for MountedFs {
     fn release(self) -> Result<(), Error> {
         let origin = Origin::new(ObjectKind::Mount, "unmount");
-        match mounts::unmount(&self.mountpoint) {
-            Ok(()) => {}
+        let detached_lazily = match mounts::unmount(&self.mountpoint) {
+            Ok(()) => false,
             Err(SysError {
                 errno: Errno::EBUSY,
                 ..
@@ -76,10 +76,16 @@ impl KernelResource for MountedFs {
                         self.mountpoint.display()
                     )))
                     .map_err(Error::kernel(origin))?;
+                true
             }
             Err(other) => return Err(Error::kernel(origin)(other)),
-        }
+        };
         remove_dir(&self.mountpoint).map_err(Error::kernel(origin))?;
+        if detached_lazily {
+            // A detached overlay still in use keeps writing to its upper and work dirs: they
+            // are left for the clean-up of unclaimed dirs at the next start.
+            return Ok(());
+        }
         if let Some(scratch) = &self.scratch {
             fs::remove_dir_all(scratch)
                 .map_err(|err| SysError {
