@@ -10,12 +10,12 @@ use crate::error::Error;
 use crate::model::spec;
 use futures::FutureExt;
 
+use crate::blocking::{mailbox_gone, off_event_loop};
 use crate::model::wire::{Attach, AttachKind, Container, ContainerState, Id, Mount, MountKind};
 pub use crate::registry::actor::Selector;
 use crate::registry::actor::{
     Abort, Begin, Commit, Delete, Initial, List, Registry, SetState, Shutdown,
 };
-use crate::registry::build::off_event_loop;
 use crate::registry::build::{Built, Transaction};
 use crate::registry::graph::Graph;
 use crate::registry::graph::ObjectKind;
@@ -63,10 +63,6 @@ pub struct Engine {
     config: Arc<EngineConfig>,
     /// Names this service's cgroups and loop devices (kept in the state store).
     instance: Arc<str>,
-}
-
-fn mailbox_gone(_: MailboxError) -> Error {
-    Error::ShuttingDown
 }
 
 impl Engine {

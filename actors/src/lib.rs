@@ -2,6 +2,7 @@
 //! owning its kernel resource. The HTTP layer lives in the service crate and only talks to [`Engine`].
 
 pub mod attach;
+mod blocking;
 pub mod container;
 mod engine;
 pub mod error;

@@ -6,9 +6,9 @@
 use actix::prelude::*;
 use tracing::{info, warn};
 
+use crate::blocking::blocking;
 use crate::error::Error;
 use crate::model::wire::Id;
-use crate::registry::build::off_event_loop;
 
 /// A kernel resource (loop device, mounted filesystem) that must be given back explicitly.
 pub trait KernelResource: Send + Unpin + 'static {
@@ -64,9 +64,7 @@ impl<R: KernelResource> Handler<Release> for ResourceActor<R> {
         let id = self.id;
         let release = async move {
             match resource {
-                Some(resource) => off_event_loop(move || resource.release())
-                    .await
-                    .unwrap_or(Err(Error::ShuttingDown)),
+                Some(resource) => blocking(move || resource.release()).await,
                 None => Ok(()),
             }
         };

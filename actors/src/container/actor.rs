@@ -13,10 +13,10 @@ use tracing::{info, warn};
 
 use super::launch::{self, InitConfig, LaunchError};
 use super::process::{ExitStatus, Init};
+use crate::blocking::off_event_loop;
 use crate::error::{Error, Origin};
 use crate::model::spec::{signal_name, StopPolicy};
 use crate::model::wire::{ContainerState, Id, Namespace};
-use crate::registry::build::off_event_loop;
 use crate::registry::graph::ObjectKind;
 use crate::resource::{ObjectAddr, Release};
 use crate::sys::{errno_of_io, SysError};

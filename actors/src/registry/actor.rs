@@ -14,10 +14,10 @@ use tracing::{info, warn};
 
 use super::graph::{Graph, GraphError, ObjectKind, Removed, TxnId};
 use super::record::{self, Record};
+use crate::blocking::off_event_loop;
 use crate::container::actor::{ChangeState, LeaveRunning, StateChanged};
 use crate::error::Error;
 use crate::model::wire::{ContainerState, Id};
-use crate::registry::build::off_event_loop;
 use crate::resource::ObjectAddr;
 use crate::store::{self, Facts, Plan, Store};
 

@@ -16,6 +16,7 @@ use super::actor::{Hold, Ready, Registry, Reserve};
 use super::graph::{GraphError, ObjectKind, TxnId};
 use super::record::{attach_stub, mount_stub, Record};
 use crate::attach::{self, AttachActor, AttachedDevice};
+use crate::blocking::{blocking, mailbox_gone};
 use crate::container::actor::{launch_error, ChangeState, ContainerActor, ContainerPlan};
 use crate::container::launch;
 use crate::error::{Error, Origin};
@@ -88,10 +89,6 @@ pub(crate) struct Transaction {
     pub config: Arc<EngineConfig>,
     /// The service's instance name, which tags its loop devices.
     pub instance: Arc<str>,
-}
-
-fn mailbox_gone(_: actix::MailboxError) -> Error {
-    Error::ShuttingDown
 }
 
 impl Transaction {
@@ -434,26 +431,5 @@ impl Transaction {
         let addr = ObjectAddr::Mount(MountActor::start(id, mounted, deps));
         self.ready(id, Record::Mount(record.clone()), facts, addr)
             .await
-    }
-}
-
-/// Runs a kernel step on the blocking pool, never on an event loop.
-pub(crate) async fn blocking<T: Send + 'static>(
-    step: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    off_event_loop(step)
-        .await
-        .unwrap_or(Err(Error::ShuttingDown))
-}
-
-/// Runs blocking work on the blocking pool. `None` when the runtime shut down before it ran;
-/// a panic in the work is a bug and goes on as a panic, as it would have inline.
-pub(crate) async fn off_event_loop<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    match actix_rt::task::spawn_blocking(work).await {
-        Ok(done) => Some(done),
-        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-        Err(_) => None,
     }
 }
