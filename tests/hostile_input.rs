@@ -287,6 +287,12 @@ fn body_fields_are_checked_and_named() {
             container(json!({ "name": "x".repeat(254) })),
             "name",
         ),
+        // Longer than a host name may be (the name is the container's host name).
+        (
+            "container",
+            container(json!({ "name": "x".repeat(65) })),
+            "name",
+        ),
         ("container", container(json!({ "name": 7 })), "name"),
         ("container", container(json!({ "command": "" })), "command"),
         (

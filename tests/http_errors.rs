@@ -343,6 +343,16 @@ fn wrong_method_is_405_with_allow() {
             "{method} {path}: Allow {allow:?} lists the refused method"
         );
     }
+    // The documents too, at the root where the reference served one as well.
+    for path in [
+        "/swagger.json",
+        "/imageapi/v1/swagger.json",
+        "/imageapi/v1/swagger.yaml",
+    ] {
+        let resp = svc.raw("POST", path, JSON, Some(b"{}"));
+        assert_error(&resp, 405);
+        assert_eq!(resp.header("allow"), Some("GET"), "{path}: {resp:?}");
+    }
     svc.stop_ok();
     assert_no_leaks(svc.dir());
 }

@@ -71,7 +71,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 ),
         )
         // The reference served its document at the server root; its clients may look there.
-        .service(web::resource("/swagger.json").get(spec::json))
+        .service(
+            web::resource("/swagger.json")
+                .get(spec::json)
+                .default_service(web::to(|| not_allowed("GET"))),
+        )
         .default_service(web::to(not_found));
 }
 

@@ -206,10 +206,17 @@ fn check_hostname(at: &str, host: &str) -> Result<(), Invalid> {
     }
 }
 
-/// Checks a container name against the contract's pattern (letters, digits, `.`, `-`, `_`).
+/// The longest container name: the longest host name the kernel takes.
+pub const NAME_MAX: usize = 64;
+
+/// Checks a container name against the contract's pattern (letters, digits, `.`, `-`, `_`),
+/// and against the kernel's limit for host names: the name is the container's host name.
 pub fn check_name(at: &str, name: &str) -> Result<(), Invalid> {
-    if name.len() > 253 {
-        return Err(invalid(at, "must be at most 253 characters"));
+    if name.len() > NAME_MAX {
+        return Err(invalid(
+            at,
+            format!("must be at most {NAME_MAX} characters (it is the container's host name)"),
+        ));
     }
     if let Some(bad) = name
         .chars()
