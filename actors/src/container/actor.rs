@@ -210,15 +210,20 @@ impl ContainerActor {
     fn watch(&mut self, init: Arc<Init>, ctx: &mut Context<Self>) {
         let rootfs = self.plan.rootfs.clone();
         let ended = async move {
-            let status = init.wait().await;
-            // The container counts as exited only once what it wrote is on disk.
+            init.exited().await?;
+            // Reaping takes the reaper's lock and removes the cgroups: not on the event loop.
             off_event_loop(move || {
+                let status = init.try_wait()?.ok_or_else(|| {
+                    std::io::Error::other("the init's pidfd is readable but it has not exited")
+                })?;
+                // The container counts as exited only once what it wrote is on disk.
                 if let Ok(root) = std::fs::File::open(&rootfs) {
                     let _ = nix::unistd::syncfs(&root);
                 }
+                Ok(status)
             })
-            .await;
-            status
+            .await
+            .unwrap_or_else(|| Err(std::io::Error::other("the service is shutting down")))
         };
         ctx.spawn(
             ended
@@ -452,13 +457,13 @@ impl Handler<Release> for ContainerActor {
     type Result = ResponseActFuture<Self, Result<(), Error>>;
 
     fn handle(&mut self, _: Release, _: &mut Self::Context) -> Self::Result {
-        let gone = if self.init.is_some() {
+        let gone = if let Some(init) = &self.init {
             let (notify, exited) = tokio::sync::oneshot::channel();
             self.on_exit.push(notify);
             self.stop_requested = true;
-            let _ = self.signal(libc::SIGKILL);
-            // A frozen task only dies once thawed.
-            let _ = self.thaw();
+            if let Err(error) = init.kill() {
+                warn!(id = self.id, %error, "cannot kill the init");
+            }
             Some(exited)
         } else {
             None

@@ -195,22 +195,25 @@ impl Init {
     /// pidfd in the tokio reactor (no polling); must run inside a tokio runtime with I/O
     /// enabled. Later calls return the same status.
     pub async fn wait(&self) -> io::Result<ExitStatus> {
-        if let Some(status) = self.try_wait()? {
-            return Ok(status);
+        loop {
+            self.exited().await?;
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
         }
+    }
+
+    /// Resolves once the init has exited (its pidfd is readable), without reaping it: then
+    /// [`Init::try_wait`], which reaps it and removes its cgroups, has its status.
+    pub async fn exited(&self) -> io::Result<()> {
         let pidfd = self.pidfd.try_clone()?;
         // SAFETY: the AsyncFd owns this duplicate, which stays open and refers to the same
         // pidfd until the AsyncFd is dropped.
         let exited = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
             .map_err(|error| error.into_parts().1)?;
-        loop {
-            // A pidfd becomes readable when its process exits.
-            let mut ready = exited.readable().await?;
-            if let Some(status) = self.try_wait()? {
-                return Ok(status);
-            }
-            ready.clear_ready();
-        }
+        // A pidfd becomes readable when its process exits, and stays so.
+        exited.readable().await?.retain_ready();
+        Ok(())
     }
 
     /// Reaps the init if it has exited, removing the container's cgroups; `None` while it runs.
