@@ -73,9 +73,14 @@ impl Watch {
         self.changed.notify_one();
     }
 
-    /// A request head arrived; with a body to come, the body's deadline.
-    pub fn request_started(&self, body_deadline: Option<Instant>) {
-        self.set_read(body_deadline.map(|deadline| deadline + GRACE));
+    /// A request head arrived: no read deadline while the request is handled.
+    pub fn request_started(&self) {
+        self.set_read(None);
+    }
+
+    /// The handler started reading the request body, which must all have come by `deadline`.
+    pub fn body_started(&self, deadline: Instant) {
+        self.set_read(Some(deadline + GRACE));
     }
 
     /// The request body has been read in full.

@@ -49,11 +49,15 @@ fn has_body(headers: &HeaderMap) -> bool {
 }
 
 /// The request body, cut with a timeout error when it has not all come by the deadline.
+/// The connection's watchdog holds the client to the deadline only once the handler reads the
+/// body: a handler that never reads it (a DELETE sent with a body) may take its time.
 struct BodyDeadline {
     inner: Payload,
+    deadline: Instant,
     timer: Pin<Box<Sleep>>,
     timed_out: Rc<Cell<bool>>,
     watch: Option<Rc<Watch>>,
+    reading: bool,
     done: bool,
 }
 
@@ -64,6 +68,12 @@ impl Stream for BodyDeadline {
         let this = self.get_mut();
         if this.done {
             return Poll::Ready(None);
+        }
+        if !this.reading {
+            this.reading = true;
+            if let Some(watch) = &this.watch {
+                watch.body_started(this.deadline);
+            }
         }
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(None) => {
@@ -118,7 +128,7 @@ pub async fn guard(
             ),
         );
         if let Some(watch) = &watch {
-            watch.request_started(None);
+            watch.request_started();
             watch.response_ready();
         }
         return Ok(request.into_response(closing(error.error_response())));
@@ -128,15 +138,17 @@ pub async fn guard(
         _ => None,
     };
     if let Some(watch) = &watch {
-        watch.request_started(body_deadline);
+        watch.request_started();
     }
     let timed_out = Rc::new(Cell::new(false));
     if let Some(deadline) = body_deadline {
         let body = BodyDeadline {
             inner: request.take_payload(),
+            deadline,
             timer: Box::pin(tokio::time::sleep_until(deadline.into())),
             timed_out: timed_out.clone(),
             watch: watch.clone(),
+            reading: false,
             done: false,
         };
         let stream: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(body);
