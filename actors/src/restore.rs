@@ -13,8 +13,7 @@ use tracing::{info, warn};
 use crate::attach::{self, AttachedDevice};
 use crate::container::process::Init;
 use crate::container::Cgroup;
-use crate::model::spec::{parse_signal, StopPolicy};
-use crate::model::wire::{Attach, Container, ContainerState, Id, Namespace};
+use crate::model::wire::{Attach, ContainerState, Id};
 use crate::mount::MountedFs;
 use crate::registry::graph::{Graph, Removed};
 use crate::registry::record::Record;
@@ -297,48 +296,13 @@ fn clean_unclaimed_mountpoints(mount_dir: &Path, graph: &Graph<Record>) {
     }
 }
 
-/// What a stored container runs, rebuilt from its record.
-pub fn container_plan(
-    id: Id,
-    container: &Container,
-    rootfs: PathBuf,
-) -> crate::container::actor::ContainerPlan {
-    let command = container.command.clone().unwrap_or_default();
-    let signal = container
-        .stop_signal
-        .as_deref()
-        .and_then(parse_signal)
-        .unwrap_or(libc::SIGKILL);
-    crate::container::actor::ContainerPlan {
-        rootfs,
-        argv: shlex::split(&command).unwrap_or_default(),
-        hostname: container
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("container-{id}")),
-        namespaces: container
-            .namespaces
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .chain([Namespace::Mnt, Namespace::Pid])
-            .collect(),
-        systemd: container.systemd,
-        stop: StopPolicy {
-            signal,
-            timeout_secs: container.stop_timeout.unwrap_or(0).max(0) as u64,
-        },
-        logfile: PathBuf::from(container.logfile.clone().unwrap_or_default()),
-    }
-}
-
 /// The actors of the adopted objects, started in id order so that each holds what it uses.
 pub fn start_actors(
     checked: &mut Checked,
     registry: actix::Recipient<crate::container::actor::StateChanged>,
 ) -> HashMap<Id, crate::resource::ObjectAddr> {
     use crate::attach::AttachActor;
-    use crate::container::actor::ContainerActor;
+    use crate::container::actor::{ContainerActor, ContainerPlan};
     use crate::mount::MountActor;
     use crate::resource::ObjectAddr;
 
@@ -370,7 +334,7 @@ pub fn start_actors(
                     .map(PathBuf::from)
                     .unwrap_or_default();
                 let state = container.state.unwrap_or(ContainerState::Created);
-                let plan = container_plan(id, container, rootfs);
+                let plan = ContainerPlan::of_record(id, container, rootfs);
                 ObjectAddr::Container(ContainerActor::adopt(
                     id,
                     plan,

@@ -15,8 +15,8 @@ use super::launch::{self, InitConfig, LaunchError};
 use super::process::{ExitStatus, Init};
 use crate::blocking::off_event_loop;
 use crate::error::{Error, Origin};
-use crate::model::spec::{signal_name, StopPolicy};
-use crate::model::wire::{ContainerState, Id, Namespace};
+use crate::model::spec::{parse_signal, signal_name, StopPolicy};
+use crate::model::wire::{Container, ContainerState, Id, Namespace};
 use crate::registry::graph::ObjectKind;
 use crate::resource::{ObjectAddr, Release};
 use crate::sys::{errno_of_io, SysError};
@@ -54,6 +54,39 @@ pub struct ContainerPlan {
     pub systemd: bool,
     pub stop: StopPolicy,
     pub logfile: PathBuf,
+}
+
+impl ContainerPlan {
+    /// What container `id` runs, from its record (at create, and again after a restart).
+    pub fn of_record(id: Id, container: &Container, rootfs: PathBuf) -> ContainerPlan {
+        let command = container.command.clone().unwrap_or_default();
+        let signal = container
+            .stop_signal
+            .as_deref()
+            .and_then(parse_signal)
+            .unwrap_or(libc::SIGKILL);
+        ContainerPlan {
+            rootfs,
+            argv: shlex::split(&command).unwrap_or_default(),
+            hostname: container
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("container-{id}")),
+            namespaces: container
+                .namespaces
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .chain([Namespace::Mnt, Namespace::Pid])
+                .collect(),
+            systemd: container.systemd,
+            stop: StopPolicy {
+                signal,
+                timeout_secs: container.stop_timeout.unwrap_or(0).max(0) as u64,
+            },
+            logfile: PathBuf::from(container.logfile.clone().unwrap_or_default()),
+        }
+    }
 }
 
 pub struct ContainerActor {

@@ -388,18 +388,7 @@ impl Transaction {
         let argv0 = def.argv[0].clone();
         let checked_root = rootfs.clone();
         blocking(move || launch::check_init(&checked_root, &argv0).map_err(launch_error)).await?;
-        let plan = ContainerPlan {
-            rootfs,
-            argv: def.argv.clone(),
-            hostname: def
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("container-{id}")),
-            namespaces: def.namespaces.clone(),
-            systemd: def.systemd,
-            stop: def.stop,
-            logfile,
-        };
+        let plan = ContainerPlan::of_record(id, &record, rootfs);
         let actor = ContainerActor::start(id, plan, mount.addr, self.registry.clone().recipient());
         let built = self
             .ready(
