@@ -11,6 +11,7 @@ use crate::model::spec;
 use futures::FutureExt;
 
 use crate::blocking::{mailbox_gone, off_event_loop};
+use crate::driver::{Host, Kinds};
 use crate::model::wire::{Attach, AttachKind, Container, ContainerState, Id, Mount, MountKind};
 pub use crate::registry::actor::Selector;
 use crate::registry::actor::{
@@ -19,7 +20,7 @@ use crate::registry::actor::{
 use crate::registry::build::{Built, Transaction};
 use crate::registry::graph::Graph;
 use crate::registry::graph::ObjectKind;
-use crate::registry::record::Record;
+use crate::registry::record::View;
 use crate::restore;
 use crate::store::{Store, StoreError};
 
@@ -61,34 +62,52 @@ pub struct Engine {
     /// actors they start outlive the HTTP workers.
     arbiter: ArbiterHandle,
     config: Arc<EngineConfig>,
-    /// Names this service's cgroups and loop devices (kept in the state store).
-    instance: Arc<str>,
+    /// What every driver is given: the mount dir, the instance name (kept in the state store)
+    /// that tags this service's loop devices and names its cgroups.
+    host: Arc<Host>,
+    /// The kinds of attachment and mount this engine has drivers for.
+    kinds: Arc<Kinds>,
 }
 
 impl Engine {
     /// Makes the service's directories, becomes a child subreaper, reloads the state store
     /// (adopting what the previous run left, see [`crate::restore`]) and starts the registry on
     /// an arbiter of its own. Must be called inside an actix system, before serving.
-    pub async fn start(mut config: EngineConfig) -> Result<Engine, StartError> {
-        for dir in [&mut config.mount_dir, &mut config.log_dir] {
-            let prepare = |dir: &PathBuf| {
-                std::fs::create_dir_all(dir)?;
-                std::fs::canonicalize(dir)
-            };
-            // The kernel names mountpoints by their real path (the default /var/run is a link
-            // to /run): recorded mountpoints must be the ones mountinfo shows.
-            *dir = prepare(dir).map_err(|source| StartError::Dir {
-                path: dir.clone(),
-                source,
-            })?;
-        }
+    pub async fn start(config: EngineConfig) -> Result<Engine, StartError> {
+        Self::start_with(config, Kinds::standard()).await
+    }
+
+    /// [`Engine::start`] with the drivers of `kinds` (tests give fakes).
+    pub async fn start_with(mut config: EngineConfig, kinds: Kinds) -> Result<Engine, StartError> {
+        let kinds = Arc::new(kinds);
+        let prepared = off_event_loop(move || -> Result<_, StartError> {
+            for dir in [&mut config.mount_dir, &mut config.log_dir] {
+                let prepare = |dir: &PathBuf| {
+                    std::fs::create_dir_all(dir)?;
+                    std::fs::canonicalize(dir)
+                };
+                // The kernel names mountpoints by their real path (the default /var/run is a
+                // link to /run): recorded mountpoints must be the ones mountinfo shows.
+                *dir = prepare(dir).map_err(|source| StartError::Dir {
+                    path: dir.clone(),
+                    source,
+                })?;
+            }
+            Ok(config)
+        });
+        let mut config = prepared.await.ok_or(StartError::Interrupted)??;
         // Orphans re-parented to the service are reaped from the start, not from the first container.
         crate::container::start_reaper()?;
-        let (store, snapshot) = match &config.state_dir {
+        let (store, snapshot) = match config.state_dir.clone() {
             Some(dir) => {
-                let store = Store::open(dir)?;
-                let snapshot = store.load()?;
-                (Some(Arc::new(store)), snapshot)
+                let loading = kinds.clone();
+                off_event_loop(move || -> Result<_, StoreError> {
+                    let store = Store::open(&dir)?;
+                    let snapshot = store.load(&loading)?;
+                    Ok((Some(Arc::new(store)), snapshot))
+                })
+                .await
+                .ok_or(StartError::Interrupted)??
             }
             None => (None, None),
         };
@@ -97,25 +116,32 @@ impl Engine {
             None => uuid::Uuid::new_v4().simple().to_string().into(),
         };
         crate::container::cgroup::set_instance(&instance);
-        let mount_dir = config.mount_dir.clone();
+        let host = Arc::new(Host {
+            mount_dir: std::mem::take(&mut config.mount_dir),
+            instance: instance.clone(),
+        });
+        config.mount_dir = host.mount_dir.clone();
         let mut checked = match snapshot {
-            Some(snapshot) => off_event_loop(move || restore::check(snapshot, &mount_dir))
-                .await
-                .ok_or(StartError::Interrupted)?,
+            Some(snapshot) => {
+                let (checking, on) = (kinds.clone(), host.clone());
+                off_event_loop(move || restore::check(snapshot, &checking, &on))
+                    .await
+                    .ok_or(StartError::Interrupted)?
+            }
             None => restore::Checked {
                 instance: instance.to_string(),
                 graph: Graph::new(),
-                facts: Default::default(),
                 adopted: Default::default(),
             },
         };
         let arbiter = Arbiter::new().handle();
+        let actors_host = host.clone();
         let registry = Registry::start_in_arbiter(&arbiter, move |ctx: &mut Context<Registry>| {
-            let actors = restore::start_actors(&mut checked, ctx.address().recipient());
+            let actors =
+                restore::start_actors(&mut checked, &actors_host, ctx.address().recipient());
             let initial = Initial {
                 instance: checked.instance,
                 graph: checked.graph,
-                facts: checked.facts,
                 actors,
             };
             Registry::new(initial, store)
@@ -130,29 +156,30 @@ impl Engine {
             registry,
             arbiter,
             config: Arc::new(config),
-            instance,
+            host,
+            kinds,
         })
     }
 
     /// Runs a create as a task on the engine's arbiter, so that a client that goes away
     /// mid-request cannot cut it short and leave half-made objects behind.
-    async fn create<F>(&self, build: F) -> Result<Record, Error>
+    async fn create<F>(&self, build: F) -> Result<View, Error>
     where
         F: for<'t> FnOnce(&'t Transaction) -> futures::future::BoxFuture<'t, Result<Built, Error>>
             + Send
             + 'static,
     {
         let registry = self.registry.clone();
-        let config = self.config.clone();
-        let instance = self.instance.clone();
+        let host = self.host.clone();
+        let log_dir = self.config.log_dir.clone();
         let (answer, answered) = tokio::sync::oneshot::channel();
         let task = async move {
             let txn = registry.send(Begin).await.map_err(mailbox_gone)??;
             let transaction = Transaction {
                 registry: registry.clone(),
                 txn,
-                config,
-                instance,
+                host,
+                log_dir,
             };
             let built = build(&transaction).await;
             match built {
@@ -177,40 +204,36 @@ impl Engine {
     }
 
     pub async fn create_attach(&self, attach: Attach) -> Result<Attach, Error> {
-        let def = spec::attach_def("", &attach)?;
+        let def = spec::attach_def(&self.kinds, "", &attach)?;
         match self
-            .create(move |t| t.attach(spec::Child::New(Box::new(def))))
+            .create(move |t| t.child(spec::Child::New(Box::new(def))))
             .await?
         {
-            Record::Attach(attach) => Ok(attach),
+            View::Attach(attach) => Ok(attach),
             _ => unreachable!("an attach create answers an attach"),
         }
     }
 
     pub async fn create_mount(&self, mount: Mount) -> Result<Mount, Error> {
-        let def = spec::mount_def("", &mount)?;
+        let def = spec::mount_def(&self.kinds, "", &mount)?;
         match self
-            .create(move |t| t.mount(spec::Child::New(Box::new(def))))
+            .create(move |t| t.child(spec::Child::New(Box::new(def))))
             .await?
         {
-            Record::Mount(mount) => Ok(mount),
+            View::Mount(mount) => Ok(mount),
             _ => unreachable!("a mount create answers a mount"),
         }
     }
 
     pub async fn create_container(&self, container: Container) -> Result<Container, Error> {
-        let def = spec::container_def(&container)?;
+        let def = spec::container_def(&self.kinds, &container)?;
         match self.create(move |t| t.container(def).boxed()).await? {
-            Record::Container(container) => Ok(container),
+            View::Container(container) => Ok(container),
             _ => unreachable!("a container create answers a container"),
         }
     }
 
-    async fn list(
-        &self,
-        kind: ObjectKind,
-        selector: Option<Selector>,
-    ) -> Result<Vec<Record>, Error> {
+    async fn list(&self, kind: ObjectKind, selector: Option<Selector>) -> Result<Vec<View>, Error> {
         self.registry
             .send(List { kind, selector })
             .await
@@ -226,7 +249,7 @@ impl Engine {
         Ok(records
             .into_iter()
             .filter_map(|record| match record {
-                Record::Attach(attach) if kind.is_none() || attach.kind == kind => Some(attach),
+                View::Attach(attach) if kind.is_none() || attach.kind == kind => Some(attach),
                 _ => None,
             })
             .collect())
@@ -241,7 +264,7 @@ impl Engine {
         Ok(records
             .into_iter()
             .filter_map(|record| match record {
-                Record::Mount(mount) if kind.is_none() || mount.kind == kind => Some(mount),
+                View::Mount(mount) if kind.is_none() || mount.kind == kind => Some(mount),
                 _ => None,
             })
             .collect())
@@ -257,7 +280,7 @@ impl Engine {
         Ok(records
             .into_iter()
             .filter_map(|record| match record {
-                Record::Container(container) if state.is_none() || container.state == state => {
+                View::Container(container) if state.is_none() || container.state == state => {
                     Some(container)
                 }
                 _ => None,
@@ -271,7 +294,7 @@ impl Engine {
         force: bool,
     ) -> Result<Container, Error> {
         match self.delete(ObjectKind::Container, selector, force).await? {
-            Record::Container(container) => Ok(container),
+            View::Container(container) => Ok(container),
             _ => unreachable!("the registry checks the kind"),
         }
     }
@@ -288,7 +311,7 @@ impl Engine {
             .await
             .map_err(mailbox_gone)??
         {
-            Record::Container(container) => Ok(container),
+            View::Container(container) => Ok(container),
             _ => unreachable!("the registry checks the kind"),
         }
     }
@@ -298,7 +321,7 @@ impl Engine {
         kind: ObjectKind,
         selector: Selector,
         force: bool,
-    ) -> Result<Record, Error> {
+    ) -> Result<View, Error> {
         self.registry
             .send(Delete {
                 kind,
@@ -314,7 +337,7 @@ impl Engine {
             .delete(ObjectKind::Attach, Selector::Id(id), force)
             .await?
         {
-            Record::Attach(attach) => Ok(attach),
+            View::Attach(attach) => Ok(attach),
             _ => unreachable!("the registry checks the kind"),
         }
     }
@@ -324,7 +347,7 @@ impl Engine {
             .delete(ObjectKind::Mount, Selector::Id(id), force)
             .await?
         {
-            Record::Mount(mount) => Ok(mount),
+            View::Mount(mount) => Ok(mount),
             _ => unreachable!("the registry checks the kind"),
         }
     }

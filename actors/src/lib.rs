@@ -4,12 +4,13 @@
 pub mod attach;
 mod blocking;
 pub mod container;
+pub mod driver;
 mod engine;
 pub mod error;
 pub mod model;
 pub mod mount;
+pub mod object;
 pub mod registry;
-pub mod resource;
 mod restore;
 pub mod store;
 pub mod sys;

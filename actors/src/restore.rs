@@ -7,25 +7,25 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::attach::{self, AttachedDevice};
 use crate::container::process::Init;
 use crate::container::Cgroup;
-use crate::model::wire::{Attach, ContainerState, Id};
-use crate::mount::MountedFs;
+use crate::driver::{AdoptedResource, Erased, Host, KindRef, Kinds};
+use crate::model::wire::{ContainerState, Id};
+use crate::mount::scratch_of;
+use crate::object::ObjectAddr;
 use crate::registry::graph::{Graph, Removed};
 use crate::registry::record::Record;
-use crate::resource::KernelResource;
-use crate::store::{Facts, Snapshot};
-use crate::sys::loopdev::{self, LoopDevice};
+use crate::store::Snapshot;
 use crate::sys::mounts;
 
 /// A kernel resource found again, for its actor to own.
 pub enum Adopted {
-    Attach(AttachedDevice),
-    Mount(MountedFs),
+    /// An attachment or mount, with the facts it was found by.
+    Object(KindRef, Erased, AdoptedResource),
     /// A container; with its init when that is still running.
     Container(Option<Init>),
 }
@@ -34,16 +34,14 @@ pub enum Adopted {
 pub struct Checked {
     pub instance: String,
     pub graph: Graph<Record>,
-    pub facts: BTreeMap<Id, Facts>,
     pub adopted: BTreeMap<Id, Adopted>,
 }
 
 /// Checks a stored snapshot against the kernel. Blocking: runs before the service serves.
-pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
+pub fn check(snapshot: Snapshot, kinds: &Kinds, host: &Host) -> Checked {
     let Snapshot {
         instance,
         mut graph,
-        mut facts,
         ..
     } = snapshot;
     let mut adopted = BTreeMap::new();
@@ -57,8 +55,8 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
         );
     }
     for removed in &unfinished {
-        if let Some(resource) = find(removed.id, &removed.record, facts.get(&removed.id)) {
-            release(removed.id, resource);
+        if let Some(resource) = find(host, removed.id, &removed.record) {
+            release(host, removed.id, resource);
         }
     }
 
@@ -67,7 +65,7 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
     let mut gone = Vec::new();
     for id in ids {
         let Some(node) = graph.get(id) else { continue };
-        match find(id, &node.record, facts.get(&id)) {
+        match find(host, id, &node.record) {
             Some(resource) => {
                 adopted.insert(id, resource);
             }
@@ -85,11 +83,10 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
         let removed = graph.delete(id, true).unwrap_or_default();
         for Removed { id, .. } in removed {
             if let Some(resource) = adopted.remove(&id) {
-                release(id, resource);
+                release(host, id, resource);
             }
         }
     }
-    facts.retain(|id, _| graph.get(*id).is_some());
     // A container whose init did not survive lost it while the service was away.
     for (id, resource) in &adopted {
         if let (Adopted::Container(None), Some(Record::Container(container))) =
@@ -97,13 +94,13 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
         {
             if matches!(
                 container.state,
-                Some(ContainerState::Running | ContainerState::Stopping | ContainerState::Paused)
+                ContainerState::Running | ContainerState::Stopping | ContainerState::Paused
             ) {
                 warn!(id, "its init ended while the service was away");
-                facts.remove(id);
                 if let Some(Record::Container(container)) = graph.record_mut(*id) {
-                    container.state = Some(ContainerState::Dead);
+                    container.state = ContainerState::Dead;
                     container.exit_code = None;
+                    container.init = None;
                 }
             }
         }
@@ -118,14 +115,25 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
         if !container.systemd {
             continue;
         }
-        let log = Path::new(container.logfile.as_deref().unwrap_or_default());
-        if let Err(err) = crate::container::reattach_console(*id, init, log) {
+        if let Err(err) = crate::container::reattach_console(*id, init, &container.logfile) {
             warn!(id, error = %err, "cannot give the adopted container a new console");
         }
     }
-    clean_unclaimed_loops(&instance, &adopted);
+    for kind in kinds
+        .of(crate::registry::graph::ObjectKind::Attach)
+        .chain(kinds.of(crate::registry::graph::ObjectKind::Mount))
+    {
+        let held: Vec<&Erased> = adopted
+            .values()
+            .filter_map(|resource| match resource {
+                Adopted::Object(of, facts, _) if Arc::ptr_eq(of, kind) => Some(facts),
+                _ => None,
+            })
+            .collect();
+        kind.sweep(host, &held);
+    }
     clean_unclaimed_cgroups(&adopted);
-    clean_unclaimed_mountpoints(mount_dir, &graph);
+    clean_unclaimed_mountpoints(&host.mount_dir, &graph);
     info!(
         objects = adopted.len(),
         "adopted the objects of the previous run"
@@ -133,68 +141,39 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
     Checked {
         instance,
         graph,
-        facts,
         adopted,
     }
 }
 
 /// The kernel resource of a stored object, if it is still there.
-fn find(id: Id, record: &Record, facts: Option<&Facts>) -> Option<Adopted> {
-    match (record, facts) {
-        (
-            Record::Attach(_),
-            Some(Facts::Loop {
-                number,
-                backing_file,
-            }),
-        ) => {
-            let device = LoopDevice::adopt(*number, backing_file)?;
-            Some(Adopted::Attach(AttachedDevice::Loop {
-                device,
-                backing_file: backing_file.clone(),
-            }))
+fn find(host: &Host, id: Id, record: &Record) -> Option<Adopted> {
+    match record {
+        Record::Attach(object) | Record::Mount(object) => {
+            let facts = object.facts.as_ref()?;
+            let resource = object.kind.adopt(host, id, &object.spec, facts)?;
+            Some(Adopted::Object(
+                object.kind.clone(),
+                facts.clone(),
+                resource,
+            ))
         }
-        (
-            Record::Attach(Attach {
-                local: Some(local), ..
-            }),
-            _,
-        ) => attach::attach_local(&local.path).ok().map(Adopted::Attach),
-        (
-            Record::Mount(_),
-            Some(Facts::Mount {
-                mountpoint,
-                fs_type,
-            }),
-        ) => {
-            let mounted = mounts::mounted_fs_type(mountpoint)?;
-            if fs_type.as_ref().is_some_and(|wanted| *wanted != mounted) {
-                return None;
-            }
-            Some(Adopted::Mount(MountedFs::adopt(
-                mountpoint.clone(),
-                fs_type.clone(),
-            )))
-        }
-        (Record::Container(_), Some(Facts::Init { pid, start_time })) => {
-            match Init::adopt(id, *pid, *start_time) {
+        Record::Container(container) => match container.init {
+            Some(init) => match Init::adopt(id, init.pid, init.start_time) {
                 Ok(init) => Some(Adopted::Container(init)),
                 Err(err) => {
                     warn!(id, error = %err, "cannot take up the container's init again");
                     Some(Adopted::Container(None))
                 }
-            }
-        }
-        (Record::Container(_), _) => Some(Adopted::Container(None)),
-        _ => None,
+            },
+            None => Some(Adopted::Container(None)),
+        },
     }
 }
 
 /// Gives back a resource that no object keeps any more.
-fn release(id: Id, resource: Adopted) {
+fn release(host: &Host, id: Id, resource: Adopted) {
     let released = match resource {
-        Adopted::Attach(device) => device.release(),
-        Adopted::Mount(mounted) => mounted.release(),
+        Adopted::Object(kind, _, resource) => kind.release_adopted(host, resource),
         Adopted::Container(Some(init)) => {
             // Dropping an adopted init kills it.
             drop(init);
@@ -205,35 +184,6 @@ fn release(id: Id, resource: Adopted) {
     match released {
         Ok(()) => info!(id, "released what the previous run left"),
         Err(err) => warn!(id, error = %err, "cannot release what the previous run left"),
-    }
-}
-
-/// Loop devices tagged as this service's that no adopted attachment holds: bound by a create
-/// whose kernel step the previous run did not record. Detached.
-fn clean_unclaimed_loops(instance: &str, adopted: &BTreeMap<Id, Adopted>) {
-    let held: HashSet<u32> = adopted
-        .values()
-        .filter_map(|resource| match resource {
-            Adopted::Attach(AttachedDevice::Loop { device, .. }) => Some(device.number()),
-            _ => None,
-        })
-        .collect();
-    let ours = attach::loop_tag_prefix(instance);
-    for number in loopdev::bound_devices() {
-        let tagged = loopdev::tag_of(number).is_some_and(|tag| tag.starts_with(&ours));
-        if !tagged || held.contains(&number) {
-            continue;
-        }
-        warn!(
-            device = number,
-            "loop device of this service held by no object: detaching it"
-        );
-        let backing = loopdev::backing_file(number).unwrap_or_default();
-        if let Some(device) = LoopDevice::adopt(number, &backing) {
-            if let Err(err) = device.detach() {
-                warn!(device = number, error = %err, "cannot detach");
-            }
-        }
     }
 }
 
@@ -268,8 +218,9 @@ fn clean_unclaimed_cgroups(adopted: &BTreeMap<Id, Adopted>) {
 fn clean_unclaimed_mountpoints(mount_dir: &Path, graph: &Graph<Record>) {
     let claimed: HashSet<PathBuf> = graph
         .iter()
-        .filter_map(|node| node.record.mountpoint().map(PathBuf::from))
-        .flat_map(|mountpoint| [mountpoint.with_extension("rw"), mountpoint])
+        .filter(|node| node.kind == crate::registry::graph::ObjectKind::Mount)
+        .filter_map(|node| node.record.provides())
+        .flat_map(|mountpoint| [scratch_of(&mountpoint), mountpoint])
         .collect();
     let Ok(entries) = std::fs::read_dir(mount_dir) else {
         return;
@@ -299,12 +250,10 @@ fn clean_unclaimed_mountpoints(mount_dir: &Path, graph: &Graph<Record>) {
 /// The actors of the adopted objects, started in id order so that each holds what it uses.
 pub fn start_actors(
     checked: &mut Checked,
+    host: &Arc<Host>,
     registry: actix::Recipient<crate::container::actor::StateChanged>,
-) -> HashMap<Id, crate::resource::ObjectAddr> {
-    use crate::attach::AttachActor;
+) -> HashMap<Id, ObjectAddr> {
     use crate::container::actor::{ContainerActor, ContainerPlan};
-    use crate::mount::MountActor;
-    use crate::resource::ObjectAddr;
 
     let mut actors: HashMap<Id, ObjectAddr> = HashMap::new();
     let adopted = std::mem::take(&mut checked.adopted);
@@ -318,10 +267,9 @@ pub fn start_actors(
             .filter_map(|dep| actors.get(dep).cloned())
             .collect();
         let addr = match (resource, &node.record) {
-            (Adopted::Attach(device), _) => {
-                ObjectAddr::Attach(AttachActor::start(id, device, deps))
+            (Adopted::Object(kind, _, resource), _) => {
+                kind.start_adopted(host.clone(), id, resource, deps)
             }
-            (Adopted::Mount(mounted), _) => ObjectAddr::Mount(MountActor::start(id, mounted, deps)),
             (Adopted::Container(init), Record::Container(container)) => {
                 let Some(mount) = deps.into_iter().next() else {
                     continue;
@@ -330,15 +278,13 @@ pub fn start_actors(
                     .deps
                     .first()
                     .and_then(|dep| checked.graph.get(*dep))
-                    .and_then(|dep| dep.record.mountpoint())
-                    .map(PathBuf::from)
+                    .and_then(|dep| dep.record.provides())
                     .unwrap_or_default();
-                let state = container.state.unwrap_or(ContainerState::Created);
-                let plan = ContainerPlan::of_record(id, container, rootfs);
+                let plan = ContainerPlan::of_record(id, node.name.as_deref(), container, rootfs);
                 ObjectAddr::Container(ContainerActor::adopt(
                     id,
                     plan,
-                    state,
+                    container.state,
                     init,
                     mount,
                     registry.clone(),

@@ -15,10 +15,13 @@ use super::launch::{self, InitConfig, LaunchError};
 use super::process::{ExitStatus, Init};
 use crate::blocking::off_event_loop;
 use crate::error::{Error, Origin};
-use crate::model::spec::{parse_signal, signal_name, StopPolicy};
-use crate::model::wire::{Container, ContainerState, Id, Namespace};
+use crate::model::lifecycle::{self, Action, Step};
+use crate::model::spec::{signal_name, StopPolicy};
+use crate::model::wire::{ContainerState, Id, Namespace};
+use crate::object::{ObjectAddr, Release};
+use crate::registry::graph::GraphError;
 use crate::registry::graph::ObjectKind;
-use crate::resource::{ObjectAddr, Release};
+use crate::registry::record::ContainerRecord;
 use crate::sys::{errno_of_io, SysError};
 
 const LAUNCH: Origin = Origin::new(ObjectKind::Container, "launch");
@@ -57,34 +60,29 @@ pub struct ContainerPlan {
 }
 
 impl ContainerPlan {
-    /// What container `id` runs, from its record (at create, and again after a restart).
-    pub fn of_record(id: Id, container: &Container, rootfs: PathBuf) -> ContainerPlan {
-        let command = container.command.clone().unwrap_or_default();
-        let signal = container
-            .stop_signal
-            .as_deref()
-            .and_then(parse_signal)
-            .unwrap_or(libc::SIGKILL);
+    /// What container `id` (called `name`) runs, from its record (at create, and again after a
+    /// restart).
+    pub fn of_record(
+        id: Id,
+        name: Option<&str>,
+        container: &ContainerRecord,
+        rootfs: PathBuf,
+    ) -> ContainerPlan {
         ContainerPlan {
             rootfs,
-            argv: shlex::split(&command).unwrap_or_default(),
-            hostname: container
-                .name
-                .clone()
+            argv: shlex::split(&container.command).unwrap_or_default(),
+            hostname: name
+                .map(str::to_string)
                 .unwrap_or_else(|| format!("container-{id}")),
             namespaces: container
                 .namespaces
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
+                .iter()
+                .copied()
                 .chain([Namespace::Mnt, Namespace::Pid])
                 .collect(),
             systemd: container.systemd,
-            stop: StopPolicy {
-                signal,
-                timeout_secs: container.stop_timeout.unwrap_or(0).max(0) as u64,
-            },
-            logfile: PathBuf::from(container.logfile.clone().unwrap_or_default()),
+            stop: container.stop,
+            logfile: container.logfile.clone(),
         }
     }
 }
@@ -103,6 +101,8 @@ pub struct ContainerActor {
     _mount: ObjectAddr,
     /// Wakes a Release waiting for the init to be gone.
     on_exit: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Agreed to go (see [`Retire`]): takes no more state changes.
+    retired: bool,
 }
 
 impl ContainerActor {
@@ -148,6 +148,7 @@ impl ContainerActor {
             registry,
             _mount: mount,
             on_exit: Vec::new(),
+            retired: false,
         };
         actor.log_line(line);
         actor.start()
@@ -434,37 +435,76 @@ impl Handler<ChangeState> for ContainerActor {
         ChangeState(wanted): ChangeState,
         ctx: &mut Self::Context,
     ) -> Self::Result {
-        use ContainerState::*;
-        let busy = |id, state, hint| {
+        let refuse = |actor: &Self, hint| -> Self::Result {
             AtomicResponse::new(Box::pin(fut::ready(Err(Error::ContainerBusy {
-                id,
-                state,
+                id: actor.id,
+                state: actor.state,
                 hint,
             }))))
         };
         let done = |result: Result<ContainerState, Error>| -> Self::Result {
             AtomicResponse::new(Box::pin(fut::ready(result)))
         };
-        match (self.state, wanted) {
-            (current, wanted) if current == wanted => done(Ok(current)),
-            (Created | Exited | Dead, Running) => AtomicResponse::new(self.launch()),
-            (Paused, Running) => {
+        if self.retired {
+            return done(Err(Error::Graph(GraphError::NotFound(self.id))));
+        }
+        let Some(action) = Action::of_wanted_state(wanted) else {
+            return refuse(
+                self,
+                "a container can only be asked to be running, exited or paused",
+            );
+        };
+        match lifecycle::transition(self.state, action) {
+            Err(lifecycle::Refused(hint)) => refuse(self, hint),
+            Ok(Step::Stay) => done(Ok(self.state)),
+            Ok(Step::Launch) => AtomicResponse::new(self.launch()),
+            Ok(Step::Thaw) => {
                 let thawed = self.thaw().map(|()| {
                     self.log_line("resumed");
-                    self.set_state(Running, None);
-                    Running
+                    self.set_state(ContainerState::Running, None);
+                    ContainerState::Running
                 });
                 done(thawed)
             }
-            (Running | Paused, Exited) => done(self.request_stop(ctx).map(|()| Stopping)),
-            (Stopping | Dead, Exited) => done(Ok(self.state)),
-            (Running, Paused) => AtomicResponse::new(self.pause()),
-            (Stopping, _) => busy(self.id, self.state, "wait until it has exited"),
-            (current, _) => busy(
-                self.id,
-                current,
-                "that change is not possible from this state",
-            ),
+            Ok(Step::RequestStop) => {
+                done(self.request_stop(ctx).map(|()| ContainerState::Stopping))
+            }
+            Ok(Step::Freeze) => AtomicResponse::new(self.pause()),
+            Ok(Step::Remove | Step::KillAndRemove) => {
+                unreachable!("a state change is never a removal")
+            }
+        }
+    }
+}
+
+/// Asks the container whether it may go now (a DELETE): refused while its init runs unless
+/// forced. Once agreed, the container takes no more state changes. Queued behind a start in
+/// progress, so a DELETE racing a start sees the started init and is refused.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct Retire {
+    pub force: bool,
+}
+
+impl Handler<Retire> for ContainerActor {
+    type Result = Result<(), Error>;
+
+    fn handle(&mut self, msg: Retire, _: &mut Self::Context) -> Self::Result {
+        let action = if msg.force {
+            Action::ForceDelete
+        } else {
+            Action::Delete
+        };
+        match lifecycle::transition(self.state, action) {
+            Ok(_) => {
+                self.retired = true;
+                Ok(())
+            }
+            Err(lifecycle::Refused(hint)) => Err(Error::ContainerBusy {
+                id: self.id,
+                state: self.state,
+                hint,
+            }),
         }
     }
 }
@@ -490,6 +530,7 @@ impl Handler<Release> for ContainerActor {
     type Result = ResponseActFuture<Self, Result<(), Error>>;
 
     fn handle(&mut self, _: Release, _: &mut Self::Context) -> Self::Result {
+        self.retired = true;
         let gone = if let Some(init) = &self.init {
             let (notify, exited) = tokio::sync::oneshot::channel();
             self.on_exit.push(notify);

@@ -1,3 +1,4 @@
-//! Wire objects and the checked definitions built from them.
+//! Wire objects, the checked definitions built from them, and the container lifecycle.
+pub mod lifecycle;
 pub mod spec;
 pub mod wire;

@@ -4,12 +4,12 @@
 //! [`Child`] keeps that distinction, so the engine knows what a parent owns and what it only uses.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::net::Ipv4Addr;
 
-use super::wire::{
-    Attach, AttachIscsi, AttachKind, AttachRbd, Base, Container, ContainerState, Id, Mount,
-    MountKind, MountNfs, MountUri, Namespace,
-};
+use super::wire::{Attach, Base, Container, ContainerState, Id, Mount, MountKind, Namespace};
+use crate::driver::{Erased, Kind, KindRef, Kinds, WireObject};
+use crate::registry::graph::ObjectKind;
 
 /// A request field that does not fit the contract.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,86 +20,66 @@ pub struct Invalid {
     pub reason: String,
 }
 
-fn invalid(field: &str, reason: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Invalid {
     Invalid {
         field: field.to_string(),
         reason: reason.into(),
     }
 }
 
-/// A nested object: an existing one by id, or a new one the parent creates and owns.
+/// A nested object: an existing one by id (of the object kind its place asks for), or a new
+/// one the parent creates and owns.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Child<T> {
-    Existing(Id),
-    New(Box<T>),
+pub enum Child {
+    Existing(Id, ObjectKind),
+    New(Box<Def>),
 }
 
-/// Where a relative path is resolved.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BaseDef {
-    Root,
-    Mount(Child<MountDef>),
+/// A checked attachment or mount definition: its kind, the kind's own spec, and the objects it
+/// depends on, in the order its driver wants them.
+#[derive(Clone)]
+pub struct Def {
+    pub kind: KindRef,
+    pub spec: Erased,
+    pub children: Vec<Child>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum AttachDef {
-    Local {
-        path: String,
-    },
-    Loopback {
-        path: String,
-        base: BaseDef,
-        read_partitions: bool,
-    },
-    Rbd(Box<AttachRbd>),
-    Iscsi(Box<AttachIscsi>),
-}
-
-impl AttachDef {
-    pub fn kind(&self) -> AttachKind {
-        match self {
-            AttachDef::Local { .. } => AttachKind::Local,
-            AttachDef::Loopback { .. } => AttachKind::Loopback,
-            AttachDef::Rbd(_) => AttachKind::Rbd,
-            AttachDef::Iscsi(_) => AttachKind::Iscsi,
-        }
+impl Def {
+    pub fn object(&self) -> ObjectKind {
+        self.kind.object()
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum MountDef {
-    Attach {
-        attach: Child<AttachDef>,
-        fs_type: String,
-        options: Vec<String>,
-    },
-    Bind {
-        path: String,
-        base: BaseDef,
-        recursive: bool,
-        read_only: bool,
-    },
-    Nfs(MountNfs),
-    Overlay {
-        lowers: Vec<Child<MountDef>>,
-    },
-    Uri(MountUri),
+impl PartialEq for Def {
+    fn eq(&self, other: &Def) -> bool {
+        self.kind.object() == other.kind.object()
+            && self.kind.name() == other.kind.name()
+            && self.kind.spec_eq(&self.spec, &other.spec)
+            && self.children == other.children
+    }
 }
 
-impl MountDef {
-    pub fn kind(&self) -> MountKind {
-        match self {
-            MountDef::Attach { .. } => MountKind::Attach,
-            MountDef::Bind { .. } => MountKind::Bind,
-            MountDef::Nfs(_) => MountKind::Nfs,
-            MountDef::Overlay { .. } => MountKind::Overlay,
-            MountDef::Uri(_) => MountKind::Uri,
+impl fmt::Debug for Def {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Spec<'a>(&'a Def);
+        impl fmt::Debug for Spec<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.kind.debug(&self.0.spec, f)
+            }
         }
+        f.debug_struct("Def")
+            .field(
+                "kind",
+                &format_args!("{}/{}", self.kind.object(), self.kind.name()),
+            )
+            .field("spec", &Spec(self))
+            .field("children", &self.children)
+            .finish()
     }
 }
 
 /// How a container's init is asked to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StopPolicy {
     /// Signal number sent first.
     pub signal: i32,
@@ -113,7 +93,7 @@ pub const SYSTEMD_STOP_TIMEOUT_SECS: u64 = 30;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerDef {
     pub name: Option<String>,
-    pub mount: Child<MountDef>,
+    pub mount: Child,
     pub command: String,
     pub argv: Vec<String>,
     pub systemd: bool,
@@ -131,7 +111,7 @@ pub const MAX_OVERLAY_DEPTH: usize = 2;
 
 /// How many overlays stack in a mount definition (references by id count as none: the kernel
 /// says for those).
-fn overlay_depth(mount: &Mount) -> usize {
+pub(crate) fn overlay_depth(mount: &Mount) -> usize {
     match (&mount.id, &mount.overlay, mount.kind) {
         (None, Some(overlay), Some(MountKind::Overlay)) => {
             1 + overlay.lower.iter().map(overlay_depth).max().unwrap_or(0)
@@ -148,7 +128,7 @@ pub const DEFAULT_NAMESPACES: [Namespace; 4] = [
     Namespace::Ipc,
 ];
 
-fn field(parent: &str, name: &str) -> String {
+pub(crate) fn field(parent: &str, name: &str) -> String {
     if parent.is_empty() {
         name.to_string()
     } else {
@@ -156,7 +136,7 @@ fn field(parent: &str, name: &str) -> String {
     }
 }
 
-fn check_path(at: &str, path: &str) -> Result<(), Invalid> {
+pub(crate) fn check_path(at: &str, path: &str) -> Result<(), Invalid> {
     if path.is_empty() {
         return Err(invalid(at, "must not be empty"));
     }
@@ -166,7 +146,7 @@ fn check_path(at: &str, path: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn check_absolute(at: &str, path: &str) -> Result<(), Invalid> {
+pub(crate) fn check_absolute(at: &str, path: &str) -> Result<(), Invalid> {
     check_path(at, path)?;
     if !path.starts_with('/') {
         return Err(invalid(at, "must be an absolute path"));
@@ -174,21 +154,21 @@ fn check_absolute(at: &str, path: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn check_ipv4(at: &str, value: &str) -> Result<(), Invalid> {
+pub(crate) fn check_ipv4(at: &str, value: &str) -> Result<(), Invalid> {
     value
         .parse::<Ipv4Addr>()
         .map(|_| ())
         .map_err(|_| invalid(at, format!("{value:?} is not an IPv4 address")))
 }
 
-fn check_non_negative(at: &str, value: i64) -> Result<(), Invalid> {
+pub(crate) fn check_non_negative(at: &str, value: i64) -> Result<(), Invalid> {
     if value < 0 {
         return Err(invalid(at, "must not be negative"));
     }
     Ok(())
 }
 
-fn check_hostname(at: &str, host: &str) -> Result<(), Invalid> {
+pub(crate) fn check_hostname(at: &str, host: &str) -> Result<(), Invalid> {
     let valid_label = |label: &str| {
         !label.is_empty()
             && label.len() <= 63
@@ -230,7 +210,7 @@ pub fn check_name(at: &str, name: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn check_iqn(at: &str, value: &str) -> Result<(), Invalid> {
+pub(crate) fn check_iqn(at: &str, value: &str) -> Result<(), Invalid> {
     let known_prefix = ["iqn.", "eui.", "naa."]
         .iter()
         .any(|p| value.starts_with(p));
@@ -243,163 +223,101 @@ fn check_iqn(at: &str, value: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn base_def(at: &str, base: Base, mount: Option<&Mount>) -> Result<BaseDef, Invalid> {
+/// A loopback's or bind's base: nothing for the host's `/`, else the mount the path is in.
+pub(crate) fn base_child(
+    kinds: &Kinds,
+    at: &str,
+    base: Base,
+    mount: Option<&Mount>,
+) -> Result<Option<Child>, Invalid> {
     match base {
-        Base::Root => Ok(BaseDef::Root),
+        Base::Root => Ok(None),
         Base::Mount => {
             let mount =
                 mount.ok_or_else(|| invalid(&field(at, "mount"), "required when base is mount"))?;
-            Ok(BaseDef::Mount(mount_child(&field(at, "mount"), mount)?))
+            Ok(Some(mount_child(kinds, &field(at, "mount"), mount)?))
         }
     }
 }
 
 /// Validates a nested or top-level attachment field.
-pub fn attach_child(at: &str, attach: &Attach) -> Result<Child<AttachDef>, Invalid> {
+pub fn attach_child(kinds: &Kinds, at: &str, attach: &Attach) -> Result<Child, Invalid> {
     match attach.id {
-        Some(id) => Ok(Child::Existing(id)),
-        None => Ok(Child::New(Box::new(attach_def(at, attach)?))),
+        Some(id) => Ok(Child::Existing(id, ObjectKind::Attach)),
+        None => Ok(Child::New(Box::new(attach_def(kinds, at, attach)?))),
     }
 }
 
 /// Validates a mount field that may be a reference or a definition.
-pub fn mount_child(at: &str, mount: &Mount) -> Result<Child<MountDef>, Invalid> {
+pub fn mount_child(kinds: &Kinds, at: &str, mount: &Mount) -> Result<Child, Invalid> {
     match mount.id {
-        Some(id) => Ok(Child::Existing(id)),
-        None => Ok(Child::New(Box::new(mount_def(at, mount)?))),
+        Some(id) => Ok(Child::Existing(id, ObjectKind::Mount)),
+        None => Ok(Child::New(Box::new(mount_def(kinds, at, mount)?))),
     }
 }
 
-fn missing_sub_object(at: &str, kind: &str) -> Invalid {
+pub(crate) fn missing_sub_object(at: &str, kind: &str) -> Invalid {
     invalid(&field(at, kind), format!("required when kind is {kind}"))
 }
 
-/// Validates an attachment definition (not a reference). Like the reference's schema
-/// validation, every sub-object present must be valid, also one its `kind` leaves unused.
-pub fn attach_def(at: &str, attach: &Attach) -> Result<AttachDef, Invalid> {
-    let kind = attach.kind.ok_or_else(|| {
+type ParseKind<W> =
+    fn(&dyn Kind, &Kinds, &str, &W) -> Option<Result<(Erased, Vec<Child>), Invalid>>;
+
+/// Validates an attachment or mount definition (not a reference) through the drivers. Like the
+/// reference's schema validation, every sub-object present must be valid, also one its `kind`
+/// leaves unused.
+fn object_def<W: WireObject>(
+    kinds: &Kinds,
+    at: &str,
+    wire: &W,
+    parse: ParseKind<W>,
+) -> Result<Def, Invalid> {
+    let object = W::OBJECT;
+    let kind = wire.kind_of().ok_or_else(|| {
         invalid(
             &field(at, "kind"),
-            "required (or give an id to reference an attach)",
+            format!(
+                "required (or give an id to reference {} {object})",
+                article(object)
+            ),
         )
     })?;
-    let present = [
-        (AttachKind::Local, attach.local.is_some()),
-        (AttachKind::Loopback, attach.loopback.is_some()),
-        (AttachKind::Rbd, attach.rbd.is_some()),
-        (AttachKind::Iscsi, attach.iscsi.is_some()),
-    ];
-    for (other, _) in present.iter().filter(|(other, is)| *is && *other != kind) {
-        attach_of_kind(at, attach, *other)?;
+    let name = W::kind_name(kind);
+    for other in kinds.of(object).filter(|other| other.name() != name) {
+        if let Some(Err(invalid)) = parse(other.as_ref(), kinds, at, wire) {
+            return Err(invalid);
+        }
     }
-    attach_of_kind(at, attach, kind)
+    let driver = kinds.get(object, name).ok_or_else(|| {
+        invalid(
+            &field(at, "kind"),
+            format!("this service has no {name} driver"),
+        )
+    })?;
+    let (spec, children) =
+        parse(driver.as_ref(), kinds, at, wire).ok_or_else(|| missing_sub_object(at, name))??;
+    Ok(Def {
+        kind: driver.clone(),
+        spec,
+        children,
+    })
 }
 
-fn attach_of_kind(at: &str, attach: &Attach, kind: AttachKind) -> Result<AttachDef, Invalid> {
-    let sub = field(at, kind.as_str());
-    match kind {
-        AttachKind::Local => {
-            let local = attach
-                .local
-                .as_ref()
-                .ok_or_else(|| missing_sub_object(at, "local"))?;
-            check_absolute(&field(&sub, "path"), &local.path)?;
-            Ok(AttachDef::Local {
-                path: local.path.clone(),
-            })
-        }
-        AttachKind::Loopback => {
-            let lo = attach
-                .loopback
-                .as_ref()
-                .ok_or_else(|| missing_sub_object(at, "loopback"))?;
-            check_path(&field(&sub, "path"), &lo.path)?;
-            Ok(AttachDef::Loopback {
-                path: lo.path.clone(),
-                base: base_def(&sub, lo.base, lo.mount.as_deref())?,
-                read_partitions: lo.read_partitions,
-            })
-        }
-        AttachKind::Rbd => {
-            let rbd = attach
-                .rbd
-                .as_ref()
-                .ok_or_else(|| missing_sub_object(at, "rbd"))?;
-            if rbd.monitors.is_empty() {
-                return Err(invalid(
-                    &field(&sub, "monitors"),
-                    "needs at least one monitor",
-                ));
-            }
-            for (i, monitor) in rbd.monitors.iter().enumerate() {
-                check_ipv4(&format!("{sub}.monitors[{i}]"), monitor)?;
-            }
-            if rbd.pool.is_empty() {
-                return Err(invalid(&field(&sub, "pool"), "must not be empty"));
-            }
-            if rbd.image.is_empty() {
-                return Err(invalid(&field(&sub, "image"), "must not be empty"));
-            }
-            let options_at = field(&sub, "options");
-            let options = rbd.options.as_ref();
-            if let Some(ip) = options.and_then(|o| o.ip.as_deref()) {
-                check_ipv4(&field(&options_at, "ip"), ip)?;
-            }
-            if options.and_then(|o| o.name.as_ref()).is_none() {
-                return Err(invalid(
-                    &field(&options_at, "name"),
-                    "required to map an rbd image",
-                ));
-            }
-            if options.and_then(|o| o.secret.as_ref()).is_none() {
-                return Err(invalid(
-                    &field(&options_at, "secret"),
-                    "required to map an rbd image",
-                ));
-            }
-            if let Some(o) = options {
-                for (name, value) in [
-                    ("mount_timeout", o.mount_timeout),
-                    ("osdkeepalive", o.osdkeepalive),
-                    ("osd_idle_ttl", o.osd_idle_ttl),
-                    ("queue_depth", o.queue_depth),
-                    ("lock_timeout", o.lock_timeout),
-                    ("alloc_size", o.alloc_size),
-                ] {
-                    if let Some(value) = value {
-                        check_non_negative(&field(&options_at, name), value)?;
-                    }
-                }
-            }
-            Ok(AttachDef::Rbd(Box::new(rbd.clone())))
-        }
-        AttachKind::Iscsi => {
-            let iscsi = attach
-                .iscsi
-                .as_ref()
-                .ok_or_else(|| missing_sub_object(at, "iscsi"))?;
-            check_iqn(&field(&sub, "initiator"), &iscsi.initiator)?;
-            check_iqn(&field(&sub, "target"), &iscsi.target)?;
-            check_hostname(&field(&sub, "host"), &iscsi.host)?;
-            if !(1..=65535).contains(&iscsi.port) {
-                return Err(invalid(
-                    &field(&sub, "port"),
-                    "must be a port number (1-65535)",
-                ));
-            }
-            for (name, value) in [
-                ("lun", iscsi.lun),
-                ("max_comands", iscsi.max_comands),
-                ("queue_depth", iscsi.queue_depth),
-            ] {
-                check_non_negative(&field(&sub, name), value)?;
-            }
-            Ok(AttachDef::Iscsi(Box::new(iscsi.clone())))
-        }
+fn article(object: ObjectKind) -> &'static str {
+    match object {
+        ObjectKind::Attach => "an",
+        _ => "a",
     }
 }
 
-fn check_fs_type(at: &str, fs_type: &str) -> Result<(), Invalid> {
+/// Validates an attachment definition (not a reference).
+pub fn attach_def(kinds: &Kinds, at: &str, attach: &Attach) -> Result<Def, Invalid> {
+    object_def(kinds, at, attach, |kind, kinds, at, wire| {
+        kind.parse_attach(kinds, at, wire)
+    })
+}
+
+pub(crate) fn check_fs_type(at: &str, fs_type: &str) -> Result<(), Invalid> {
     if fs_type.is_empty()
         || !fs_type
             .chars()
@@ -410,142 +328,11 @@ fn check_fs_type(at: &str, fs_type: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Validates a mount definition (not a reference); every sub-object present must be valid,
-/// as for [`attach_def`].
-pub fn mount_def(at: &str, mount: &Mount) -> Result<MountDef, Invalid> {
-    let kind = mount.kind.ok_or_else(|| {
-        invalid(
-            &field(at, "kind"),
-            "required (or give an id to reference a mount)",
-        )
-    })?;
-    let present = [
-        (MountKind::Attach, mount.attach.is_some()),
-        (MountKind::Bind, mount.bind.is_some()),
-        (MountKind::Nfs, mount.nfs.is_some()),
-        (MountKind::Overlay, mount.overlay.is_some()),
-        (MountKind::Uri, mount.uri.is_some()),
-    ];
-    for (other, _) in present.iter().filter(|(other, is)| *is && *other != kind) {
-        mount_of_kind(at, mount, *other)?;
-    }
-    mount_of_kind(at, mount, kind)
-}
-
-fn mount_of_kind(at: &str, mount: &Mount, kind: MountKind) -> Result<MountDef, Invalid> {
-    let sub = field(at, kind.as_str());
-    match kind {
-        MountKind::Attach => {
-            let spec = mount
-                .attach
-                .as_ref()
-                .ok_or_else(|| missing_sub_object(at, "attach"))?;
-            check_fs_type(&field(&sub, "fs_type"), &spec.fs_type)?;
-            for (i, option) in spec.mount_options.iter().enumerate() {
-                if option.is_empty() || option.contains('\0') {
-                    return Err(invalid(
-                        &format!("{sub}.mount_options[{i}]"),
-                        "must be a non-empty option without NUL bytes",
-                    ));
-                }
-            }
-            Ok(MountDef::Attach {
-                attach: attach_child(&field(&sub, "attach"), &spec.attach)?,
-                fs_type: spec.fs_type.clone(),
-                options: spec.mount_options.clone(),
-            })
-        }
-        MountKind::Bind => {
-            let bind = mount
-                .bind
-                .as_ref()
-                .ok_or_else(|| missing_sub_object(at, "bind"))?;
-            check_path(&field(&sub, "path"), &bind.path)?;
-            Ok(MountDef::Bind {
-                path: bind.path.clone(),
-                base: base_def(&sub, bind.base, bind.mount.as_deref())?,
-                recursive: bind.recursive,
-                read_only: bind.ro,
-            })
-        }
-        MountKind::Nfs => {
-            let nfs = mount
-                .nfs
-                .as_ref()
-                .ok_or_else(|| missing_sub_object(at, "nfs"))?;
-            check_hostname(&field(&sub, "host"), &nfs.host)?;
-            check_absolute(&field(&sub, "path"), &nfs.path)?;
-            if !["3", "4", "4.0", "4.1", "4.2"].contains(&nfs.version.as_str()) {
-                return Err(invalid(
-                    &field(&sub, "version"),
-                    format!(
-                        "{:?} is not an NFS version (3, 4, 4.0, 4.1, 4.2)",
-                        nfs.version
-                    ),
-                ));
-            }
-            Ok(MountDef::Nfs(nfs.clone()))
-        }
-        MountKind::Overlay => {
-            let overlay = mount
-                .overlay
-                .as_ref()
-                .ok_or_else(|| missing_sub_object(at, "overlay"))?;
-            if overlay.lower.is_empty() {
-                return Err(invalid(
-                    &field(&sub, "lower"),
-                    "needs at least one lower mount",
-                ));
-            }
-            if overlay.lower.len() > MAX_OVERLAY_LOWERS {
-                return Err(invalid(
-                    &field(&sub, "lower"),
-                    format!("overlayfs takes at most {MAX_OVERLAY_LOWERS} lower layers"),
-                ));
-            }
-            if overlay_depth(mount) > MAX_OVERLAY_DEPTH {
-                return Err(invalid(
-                    &field(&sub, "lower"),
-                    format!("the kernel stacks overlays at most {MAX_OVERLAY_DEPTH} deep"),
-                ));
-            }
-            let mut referenced: Vec<Id> =
-                overlay.lower.iter().filter_map(|lower| lower.id).collect();
-            referenced.sort_unstable();
-            if let Some(twice) = referenced.windows(2).find(|pair| pair[0] == pair[1]) {
-                return Err(invalid(
-                    &field(&sub, "lower"),
-                    format!(
-                        "mount {} is a lower layer twice; overlayfs refuses that",
-                        twice[0]
-                    ),
-                ));
-            }
-            let lowers = overlay
-                .lower
-                .iter()
-                .enumerate()
-                .map(|(i, lower)| mount_child(&format!("{sub}.lower[{i}]"), lower))
-                .collect::<Result<_, _>>()?;
-            Ok(MountDef::Overlay { lowers })
-        }
-        MountKind::Uri => {
-            let uri = mount
-                .uri
-                .as_ref()
-                .ok_or_else(|| missing_sub_object(at, "uri"))?;
-            if !(uri.uri.starts_with("http://")
-                || uri.uri.starts_with("https://")
-                || uri.uri.starts_with("file://"))
-            {
-                return Err(invalid(
-                    &field(&sub, "uri"),
-                    "must be an http, https or file URI",
-                ));
-            }
-            Ok(MountDef::Uri(uri.clone()))
-        }
-    }
+/// Validates a mount definition (not a reference); as for [`attach_def`].
+pub fn mount_def(kinds: &Kinds, at: &str, mount: &Mount) -> Result<Def, Invalid> {
+    object_def(kinds, at, mount, |kind, kinds, at, wire| {
+        kind.parse_mount(kinds, at, wire)
+    })
 }
 
 /// Parses a stop signal given by name (`SIGTERM`, `TERM`, `SIGRTMIN+3`) or number.
@@ -589,7 +376,7 @@ fn libc_sigrtmax() -> i32 {
 }
 
 /// Validates a container definition from `POST /container`.
-pub fn container_def(container: &Container) -> Result<ContainerDef, Invalid> {
+pub fn container_def(kinds: &Kinds, container: &Container) -> Result<ContainerDef, Invalid> {
     if let Some(name) = &container.name {
         check_name("name", name)?;
     }
@@ -648,7 +435,7 @@ pub fn container_def(container: &Container) -> Result<ContainerDef, Invalid> {
     };
     Ok(ContainerDef {
         name: container.name.clone().filter(|n| !n.is_empty()),
-        mount: mount_child("mount", mount)?,
+        mount: mount_child(kinds, "mount", mount)?,
         command: command.clone(),
         argv,
         systemd: container.systemd,
@@ -665,6 +452,10 @@ pub fn container_def(container: &Container) -> Result<ContainerDef, Invalid> {
 mod tests {
     use super::*;
 
+    fn kinds() -> Kinds {
+        Kinds::standard()
+    }
+
     fn json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
         serde_json::from_value(value).unwrap()
     }
@@ -676,14 +467,17 @@ mod tests {
             "loopback": {"path": "img", "base": "mount", "mount": {"kind": "attach",
                 "attach": {"fs_type": "squashfs", "attach": {"kind": "local"}}}}
         }));
-        let err = attach_def("", &attach).unwrap_err();
+        let err = attach_def(&kinds(), "", &attach).unwrap_err();
         assert_eq!(err.field, "loopback.mount.attach.attach.local");
     }
 
     #[test]
     fn references_skip_the_rest_of_the_definition() {
         let mount: Mount = json(serde_json::json!({"id": 7, "kind": "overlay"}));
-        assert_eq!(mount_child("mount", &mount).unwrap(), Child::Existing(7));
+        assert_eq!(
+            mount_child(&kinds(), "mount", &mount).unwrap(),
+            Child::Existing(7, ObjectKind::Mount)
+        );
     }
 
     #[test]
@@ -691,7 +485,10 @@ mod tests {
         let attach: Attach = json(
             serde_json::json!({"kind": "loopback", "loopback": {"path": "x", "base": "mount"}}),
         );
-        assert_eq!(attach_def("", &attach).unwrap_err().field, "loopback.mount");
+        assert_eq!(
+            attach_def(&kinds(), "", &attach).unwrap_err().field,
+            "loopback.mount"
+        );
     }
 
     #[test]
@@ -705,7 +502,7 @@ mod tests {
     fn command_is_split_like_a_shell() {
         let c: Container =
             json(serde_json::json!({"mount": {"id": 1}, "command": "/bin/sh -c 'echo hi'"}));
-        let def = container_def(&c).unwrap();
+        let def = container_def(&kinds(), &c).unwrap();
         assert_eq!(def.argv, ["/bin/sh", "-c", "echo hi"]);
         assert_eq!(def.stop.signal, libc::SIGKILL);
         assert!(def.namespaces.contains(&Namespace::Uts));
@@ -715,7 +512,7 @@ mod tests {
     fn systemd_stops_with_rtmin_plus_3_and_a_timeout() {
         let c: Container =
             json(serde_json::json!({"mount": {"id": 1}, "command": "/sbin/init", "systemd": true}));
-        let def = container_def(&c).unwrap();
+        let def = container_def(&kinds(), &c).unwrap();
         assert_eq!(def.stop.signal, libc::SIGRTMIN() + 3);
         assert_eq!(def.stop.timeout_secs, SYSTEMD_STOP_TIMEOUT_SECS);
         assert!(def.namespaces.contains(&Namespace::Cgroup));
@@ -745,14 +542,14 @@ mod tests {
             serde_json::json!({"kind": "rbd", "rbd": {"monitors": ["ceph-mon"], "pool": "p", "image": "i"}}),
         );
         assert_eq!(
-            attach_def("", &attach).unwrap_err().field,
+            attach_def(&kinds(), "", &attach).unwrap_err().field,
             "rbd.monitors[0]"
         );
         let attach: Attach = json(
             serde_json::json!({"kind": "rbd", "rbd": {"monitors": ["10.0.0.1"], "pool": "p", "image": "i", "options": {"name": "admin"}}}),
         );
         assert_eq!(
-            attach_def("", &attach).unwrap_err().field,
+            attach_def(&kinds(), "", &attach).unwrap_err().field,
             "rbd.options.secret"
         );
     }

@@ -5,27 +5,26 @@
 //! and releases run on one queue, in the order the graph gives, so that a user is always
 //! released before what it uses.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use futures::future::{join_all, BoxFuture, Shared};
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::graph::{Graph, GraphError, ObjectKind, Removed, TxnId};
-use super::record::{self, Record};
+use super::record::{self, InitFacts, Record, View};
 use crate::blocking::off_event_loop;
-use crate::container::actor::{ChangeState, LeaveRunning, StateChanged};
+use crate::container::actor::{ChangeState, LeaveRunning, Retire, StateChanged};
 use crate::error::Error;
 use crate::model::wire::{ContainerState, Id};
-use crate::resource::ObjectAddr;
-use crate::store::{self, Facts, Plan, Store};
+use crate::object::ObjectAddr;
+use crate::store::{self, Plan, Store};
 
-/// A batch of objects to release in order; `done` fires once all of them are.
-struct ReleaseJob {
-    objects: Vec<(Removed<Record>, Option<ObjectAddr>)>,
-    done: oneshot::Sender<()>,
-}
+/// The release of one object, in flight: done once its resource is given back (or that failed).
+type Releasing = Shared<BoxFuture<'static, ()>>;
 
 /// Someone waiting for the graph as it is now to be on disk.
 type StoreWaiter = oneshot::Sender<Result<(), Error>>;
@@ -35,18 +34,17 @@ type StoreWaiter = oneshot::Sender<Result<(), Error>>;
 pub struct Initial {
     pub instance: String,
     pub graph: Graph<Record>,
-    pub facts: BTreeMap<Id, Facts>,
     pub actors: HashMap<Id, ObjectAddr>,
 }
 
 pub struct Registry {
     graph: Graph<Record>,
-    /// What the kernel said about each object, to recognise it after a restart.
-    facts: BTreeMap<Id, Facts>,
     instance: String,
     actors: HashMap<Id, ObjectAddr>,
-    releases: mpsc::UnboundedSender<ReleaseJob>,
-    release_queue: Option<mpsc::UnboundedReceiver<ReleaseJob>>,
+    /// The releases in flight of the users of each object: its own release waits for them, and
+    /// for nothing else, so a release that hangs holds up only what it depends on.
+    users_releasing: HashMap<Id, Vec<Releasing>>,
+    me: Option<Addr<Registry>>,
     store: Option<Arc<Store>>,
     writes: Option<mpsc::UnboundedSender<StoreWaiter>>,
     shutting_down: bool,
@@ -57,14 +55,12 @@ pub type Persisted = futures::future::BoxFuture<'static, Result<(), Error>>;
 
 impl Registry {
     pub fn new(initial: Initial, store: Option<Arc<Store>>) -> Self {
-        let (releases, release_queue) = mpsc::unbounded_channel();
         Registry {
             graph: initial.graph,
-            facts: initial.facts,
             instance: initial.instance,
             actors: initial.actors,
-            releases,
-            release_queue: Some(release_queue),
+            users_releasing: HashMap::new(),
+            me: None,
             store,
             writes: None,
             shutting_down: false,
@@ -114,35 +110,52 @@ impl Registry {
     /// since the last write (with their facts) as one journal line.
     fn changes(&mut self, plan: Plan) -> Result<Vec<u8>, String> {
         let changed = self.take_changed();
-        store::serialize(plan, &self.instance, &self.graph, &self.facts, &changed)
-            .map_err(|err| err.to_string())
+        store::serialize(plan, &self.instance, &self.graph, &changed).map_err(|err| err.to_string())
     }
 
-    /// The objects changed since the last call; the facts of those removed are dropped.
     fn take_changed(&mut self) -> BTreeSet<Id> {
-        let changed = self.graph.take_changed();
-        for id in &changed {
-            if self.graph.get_any(*id).is_none() {
-                self.facts.remove(id);
-            }
-        }
-        changed
+        self.graph.take_changed()
     }
 
-    /// Queues the removed objects for release; the receiver fires when they are all released.
-    fn release(&mut self, removed: Vec<Removed<Record>>) -> oneshot::Receiver<()> {
-        let objects = removed
-            .into_iter()
-            .map(|object| {
-                let addr = self.actors.remove(&object.id);
-                (object, addr)
-            })
-            .collect();
-        let (done, finished) = oneshot::channel();
-        if self.releases.send(ReleaseJob { objects, done }).is_err() {
-            warn!("release queue is gone; resources stay in the kernel");
+    /// Releases the removed objects (given users first), each once its users in flight are
+    /// released, and records that; resolves when all of them are. `force`: a forced delete.
+    ///
+    /// (Any write since the removal has already dropped the objects from the store: a crash
+    /// mid-release leaves their kernel resources to the sweeps of untracked loop devices,
+    /// mountpoints and cgroups at the next start.)
+    fn release(&mut self, removed: Vec<Removed<Record>>, force: bool) -> BoxFuture<'static, ()> {
+        let mut batch = Vec::with_capacity(removed.len());
+        for object in removed {
+            let addr = self.actors.remove(&object.id);
+            let users = self.users_releasing.remove(&object.id).unwrap_or_default();
+            let (id, kind) = (object.id, object.kind);
+            let releasing: Releasing = async move {
+                join_all(users).await;
+                let Some(addr) = addr else { return };
+                match addr.release(force).await {
+                    Ok(()) => info!(id, kind = kind.as_str(), "released"),
+                    Err(err) => {
+                        warn!(id, kind = kind.as_str(), error = %err, "release failed")
+                    }
+                }
+            }
+            .boxed()
+            .shared();
+            for dep in object.deps {
+                let waiting = self.users_releasing.entry(dep).or_default();
+                waiting.retain(|release| release.peek().is_none());
+                waiting.push(releasing.clone());
+            }
+            actix_rt::spawn(releasing.clone());
+            batch.push(releasing);
         }
-        finished
+        let me = self.me.clone();
+        Box::pin(async move {
+            join_all(batch).await;
+            if let Some(me) = me {
+                let _ = me.send(Persist).await;
+            }
+        })
     }
 }
 
@@ -175,6 +188,7 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
+        self.me = Some(ctx.address());
         if let Some(store) = self.store.clone() {
             let (writes, mut queue) = mpsc::unbounded_channel::<StoreWaiter>();
             self.writes = Some(writes);
@@ -217,28 +231,6 @@ impl Actor for Registry {
             // The graph checked at start may differ from the stored one: store it first.
             self.persist_unawaited();
         }
-        let Some(mut queue) = self.release_queue.take() else {
-            return;
-        };
-        let registry = ctx.address();
-        actix_rt::spawn(async move {
-            while let Some(job) = queue.recv().await {
-                for (object, addr) in job.objects {
-                    let Some(addr) = addr else { continue };
-                    match addr.release().await {
-                        Ok(()) => info!(id = object.id, kind = object.kind.as_str(), "released"),
-                        Err(err) => {
-                            warn!(id = object.id, kind = object.kind.as_str(), error = %err, "release failed")
-                        }
-                    }
-                }
-                // Records the releases. (Any write since the delete has already dropped the
-                // objects from the store: a crash mid-release leaves their kernel resources to
-                // the sweep of untracked loop devices, mountpoints and cgroups at the next start.)
-                let _ = registry.send(Persist).await;
-                let _ = job.done.send(());
-            }
-        });
     }
 }
 
@@ -320,7 +312,6 @@ impl Handler<Reserve> for Registry {
 pub struct Ready {
     pub id: Id,
     pub record: Record,
-    pub facts: Option<Facts>,
     pub addr: ObjectAddr,
 }
 
@@ -331,9 +322,6 @@ impl Handler<Ready> for Registry {
             return Err(self.gone(msg.id));
         };
         *record = msg.record;
-        if let Some(facts) = msg.facts {
-            self.facts.insert(msg.id, facts);
-        }
         self.actors.insert(msg.id, msg.addr);
         // Written in order with the rest; the create's commit waits for it, so nobody needs to
         // wait here (one sync fewer per object of a nested create).
@@ -344,14 +332,14 @@ impl Handler<Ready> for Registry {
 
 /// Makes a transaction's objects visible; answers the top object's view.
 #[derive(Message)]
-#[rtype(result = "Result<Record, Error>")]
+#[rtype(result = "Result<View, Error>")]
 pub struct Commit {
     pub txn: TxnId,
     pub top: Id,
 }
 
 impl Handler<Commit> for Registry {
-    type Result = ResponseActFuture<Self, Result<Record, Error>>;
+    type Result = ResponseActFuture<Self, Result<View, Error>>;
     fn handle(&mut self, msg: Commit, _: &mut Self::Context) -> Self::Result {
         self.graph.commit(msg.txn);
         let view = record::view(&self.graph, msg.top).ok_or_else(|| self.gone(msg.top));
@@ -360,7 +348,7 @@ impl Handler<Commit> for Registry {
             if let Err(err) = written {
                 // Not on disk, so not made: undone as a failed create is.
                 if let Ok(removed) = registry.graph.delete(msg.top, true) {
-                    drop(registry.release(removed));
+                    actix_rt::spawn(registry.release(removed, true));
                 }
                 return Err(err);
             }
@@ -378,10 +366,7 @@ impl Handler<Abort> for Registry {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, msg: Abort, _: &mut Self::Context) -> Self::Result {
         let removed = self.graph.abort(msg.0);
-        let finished = self.release(removed);
-        Box::pin(async move {
-            let _ = finished.await;
-        })
+        self.release(removed, true)
     }
 }
 
@@ -394,7 +379,7 @@ pub enum Selector {
 
 /// Lists the visible objects of one kind, or the one a selector names.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<Record>, Error>")]
+#[rtype(result = "Result<Vec<View>, Error>")]
 pub struct List {
     pub kind: ObjectKind,
     pub selector: Option<Selector>,
@@ -422,7 +407,7 @@ impl Registry {
 }
 
 impl Handler<List> for Registry {
-    type Result = Result<Vec<Record>, Error>;
+    type Result = Result<Vec<View>, Error>;
     fn handle(&mut self, msg: List, _: &mut Self::Context) -> Self::Result {
         match &msg.selector {
             Some(selector) => {
@@ -440,8 +425,9 @@ impl Handler<List> for Registry {
 }
 
 /// Deletes an object (and, when forced, its users); answers its last view once all is released.
+/// A container decides itself whether it may go (see [`Retire`]).
 #[derive(Message)]
-#[rtype(result = "Result<Record, Error>")]
+#[rtype(result = "Result<View, Error>")]
 pub struct Delete {
     pub kind: ObjectKind,
     pub selector: Selector,
@@ -449,51 +435,50 @@ pub struct Delete {
 }
 
 impl Handler<Delete> for Registry {
-    type Result = ResponseFuture<Result<Record, Error>>;
+    type Result = ResponseActFuture<Self, Result<View, Error>>;
     fn handle(&mut self, msg: Delete, _: &mut Self::Context) -> Self::Result {
-        let deleted = self.select(msg.kind, &msg.selector).and_then(|id| {
-            let view = record::view(&self.graph, id).ok_or(GraphError::NotFound(id))?;
-            if let Record::Container(container) = &view {
-                let state = container.state.unwrap_or(ContainerState::Created);
-                let busy = matches!(
-                    state,
-                    ContainerState::Running | ContainerState::Stopping | ContainerState::Paused
-                );
-                if busy && !msg.force {
-                    return Err(Error::ContainerBusy {
-                        id,
-                        state,
-                        hint: "stop it first (PATCH state=exited) or delete with force=true",
-                    });
-                }
-            }
-            let removed = self.graph.delete(id, msg.force)?;
-            Ok((view, removed))
-        });
-        let (mut view, removed) = match deleted {
-            Ok(deleted) => deleted,
-            Err(err) => return Box::pin(async move { Err(err) }),
+        let id = match self.select(msg.kind, &msg.selector) {
+            Ok(id) => id,
+            Err(err) => return Box::pin(fut::ready(Err(err))),
         };
-        info!(
-            kind = msg.kind.as_str(),
-            objects = removed.len(),
-            force = msg.force,
-            "deleting"
-        );
-        set_refs(&mut view, 0);
-        let finished = self.release(removed);
-        Box::pin(async move {
-            let _ = finished.await;
-            Ok(view)
-        })
-    }
-}
-
-fn set_refs(record: &mut Record, refs: i64) {
-    match record {
-        Record::Attach(attach) => attach.refs = refs,
-        Record::Mount(mount) => mount.refs = refs,
-        Record::Container(container) => container.refs = refs,
+        let container = match self.actors.get(&id) {
+            Some(ObjectAddr::Container(addr)) => Some(addr.clone()),
+            _ => None,
+        };
+        let force = msg.force;
+        let agreed = async move {
+            match container {
+                Some(addr) => addr
+                    .send(Retire { force })
+                    .await
+                    .map_err(|_| Error::ShuttingDown)?,
+                None => Ok(()),
+            }
+        };
+        Box::pin(agreed.into_actor(self).then(move |agreed, registry, _| {
+            let deleted = agreed.and_then(|()| {
+                let mut view = record::view(&registry.graph, id).ok_or(GraphError::NotFound(id))?;
+                let removed = registry.graph.delete(id, force)?;
+                view.set_refs(0);
+                Ok((view, removed))
+            });
+            let released = deleted.map(|(view, removed)| {
+                info!(
+                    id,
+                    kind = msg.kind.as_str(),
+                    objects = removed.len(),
+                    force,
+                    "deleting"
+                );
+                (view, registry.release(removed, force))
+            });
+            async move {
+                let (view, released) = released?;
+                released.await;
+                Ok(view)
+            }
+            .into_actor(registry)
+        }))
     }
 }
 
@@ -515,10 +500,7 @@ impl Handler<Shutdown> for Registry {
                 objects = removed.len(),
                 "shutting down: releasing every object"
             );
-            let finished = self.release(removed);
-            return Box::pin(async move {
-                let _ = finished.await;
-            });
+            return self.release(removed, true);
         }
         info!(
             objects = self.actors.len(),
@@ -542,16 +524,14 @@ impl Handler<StateChanged> for Registry {
         let Some(Record::Container(container)) = self.graph.record_mut(msg.id) else {
             return;
         };
-        container.state = Some(msg.state);
+        container.state = msg.state;
         if msg.exit_code.is_some() {
             container.exit_code = msg.exit_code;
         }
         match msg.init {
-            Some((pid, start_time)) => {
-                self.facts.insert(msg.id, Facts::Init { pid, start_time });
-            }
+            Some((pid, start_time)) => container.init = Some(InitFacts { pid, start_time }),
             None if matches!(msg.state, ContainerState::Exited | ContainerState::Dead) => {
-                self.facts.remove(&msg.id);
+                container.init = None;
             }
             None => {}
         }
@@ -562,14 +542,14 @@ impl Handler<StateChanged> for Registry {
 
 /// Moves a container towards a state; answers its view afterwards.
 #[derive(Message)]
-#[rtype(result = "Result<Record, Error>")]
+#[rtype(result = "Result<View, Error>")]
 pub struct SetState {
     pub selector: Selector,
     pub state: ContainerState,
 }
 
 impl Handler<SetState> for Registry {
-    type Result = ResponseActFuture<Self, Result<Record, Error>>;
+    type Result = ResponseActFuture<Self, Result<View, Error>>;
     fn handle(&mut self, msg: SetState, _: &mut Self::Context) -> Self::Result {
         let target = self
             .select(ObjectKind::Container, &msg.selector)
@@ -586,7 +566,7 @@ impl Handler<SetState> for Registry {
             let state = answer.map_err(|_| Error::ShuttingDown)??;
             let mut view = record::view(&registry.graph, id).ok_or(GraphError::NotFound(id))?;
             // The actor's answer is newer than any state change still in the mailbox.
-            if let Record::Container(container) = &mut view {
+            if let View::Container(container) = &mut view {
                 container.state = Some(state);
             }
             Ok(view)

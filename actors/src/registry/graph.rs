@@ -80,6 +80,19 @@ pub struct Node<R> {
 }
 
 impl<R> Node<R> {
+    /// The same node with its record turned into another type (a stored one into a live one).
+    pub fn try_map<S, E>(self, convert: impl FnOnce(R) -> Result<S, E>) -> Result<Node<S>, E> {
+        Ok(Node {
+            id: self.id,
+            kind: self.kind,
+            name: self.name,
+            holders: self.holders,
+            deps: self.deps,
+            record: convert(self.record)?,
+            txn: self.txn,
+        })
+    }
+
     /// Whether the node belongs to a create still in progress, and so is invisible to clients.
     pub fn is_pending(&self) -> bool {
         self.txn.is_some()
@@ -95,6 +108,8 @@ pub struct Removed<R> {
     pub kind: ObjectKind,
     /// The removed object's name, now free again.
     pub name: Option<String>,
+    /// What the removed object used: released only after it.
+    pub deps: Vec<Id>,
     /// The engine's record of the object.
     pub record: R,
 }
@@ -219,6 +234,23 @@ impl<R> Graph<R> {
         for id in gone {
             self.nodes.remove(&id);
         }
+    }
+
+    /// The same graph with every record turned into another type (a stored one into a live one).
+    pub fn try_map<S, E>(
+        self,
+        mut convert: impl FnMut(Id, R) -> Result<S, E>,
+    ) -> Result<Graph<S>, E> {
+        let mut nodes = BTreeMap::new();
+        for (id, node) in self.nodes {
+            nodes.insert(id, node.try_map(|record| convert(id, record))?);
+        }
+        Ok(Graph {
+            nodes,
+            next_id: self.next_id,
+            next_txn: self.next_txn,
+            changed: self.changed,
+        })
     }
 
     /// Starts a create transaction.
@@ -531,6 +563,7 @@ impl<R> Graph<R> {
                 id,
                 kind: node.kind,
                 name: node.name,
+                deps: node.deps,
                 record: node.record,
             });
         }

@@ -14,7 +14,9 @@
 //! at most), it has exactly one writer (the registry), and it is read whole at start. Two files
 //! written this way are crash-safe, need no new dependency and stay readable by an operator.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod legacy;
+
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -23,13 +25,16 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+use crate::driver::Kinds;
 use crate::model::wire::Id;
 use crate::registry::graph::{Counters, Graph, Node};
-use crate::registry::record::Record;
+use crate::registry::record::{Record, StoredRecord};
 
 /// The format this service writes. A store of a newer format is refused (never guessed at).
-/// Format 2 added the journal and the snapshot's `generation`.
-pub const FORMAT: u32 = 2;
+/// Format 2 added the journal and the snapshot's `generation`; format 3 keeps each object as its
+/// kind's own typed record (kind, spec and kernel facts together) instead of its wire form and a
+/// separate map of facts.
+pub const FORMAT: u32 = 3;
 
 const STATE_FILE: &str = "state.json";
 const JOURNAL_FILE: &str = "journal";
@@ -40,34 +45,22 @@ const LOCK_FILE: &str = "lock";
 /// journal byte, and a start replays a bounded journal.
 const JOURNAL_FLOOR: u64 = 1 << 20;
 
-/// What the kernel said about an object when it was made: how to recognise it after a restart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Facts {
-    /// `/dev/loop<number>` bound to `backing_file` (as sysfs shows it).
-    Loop { number: u32, backing_file: PathBuf },
-    /// A filesystem mounted on `mountpoint`; of `fs_type` where the service chose the type (a
-    /// bind shows its source's type).
-    Mount {
-        mountpoint: PathBuf,
-        fs_type: Option<String>,
-    },
-    /// A container init: its pid and its start time (clock ticks after boot, from
-    /// `/proc/<pid>/stat`), which together tell it from a later process with the same pid.
-    Init { pid: i32, start_time: u64 },
-}
-
 /// Everything the service must find again after a restart.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub format: u32,
     /// Names this service's cgroups and tags, so two services on one host never mix them up.
     pub instance: String,
     /// Which journal continues this snapshot (format 1 had none: 0).
-    #[serde(default)]
     pub generation: u64,
     pub graph: Graph<Record>,
-    pub facts: BTreeMap<Id, Facts>,
+}
+
+/// A format 3 snapshot as read back, before its records are decoded by their kinds.
+#[derive(Debug, Deserialize)]
+struct StoredSnapshot {
+    instance: String,
+    generation: u64,
+    graph: Graph<StoredRecord>,
 }
 
 /// The first line of a journal.
@@ -83,31 +76,22 @@ struct SnapshotRef<'a> {
     instance: &'a str,
     generation: u64,
     graph: &'a Graph<Record>,
-    facts: &'a BTreeMap<Id, Facts>,
 }
 
 /// One line of a journal: a batch of changes, as written.
 #[derive(Serialize)]
 struct ChangesRef<'a> {
     counters: Counters,
-    put: Vec<ObjectRef<'a>>,
+    put: Vec<&'a Node<Record>>,
     gone: Vec<Id>,
 }
 
-/// A node changed or added, with its facts (none: it has none any more).
-#[derive(Serialize)]
-struct ObjectRef<'a> {
-    node: &'a Node<Record>,
-    facts: Option<&'a Facts>,
-}
-
-/// Serializes what `plan` writes: the whole graph with `facts` as a snapshot, or the `changed`
-/// nodes (those the graph no longer has as removed) as one journal line.
+/// Serializes what `plan` writes: the whole graph as a snapshot, or the `changed` nodes (those
+/// the graph no longer has as removed) as one journal line.
 pub fn serialize(
     plan: Plan,
     instance: &str,
     graph: &Graph<Record>,
-    facts: &BTreeMap<Id, Facts>,
     changed: &BTreeSet<Id>,
 ) -> serde_json::Result<Vec<u8>> {
     match plan {
@@ -116,7 +100,6 @@ pub fn serialize(
             instance,
             generation,
             graph,
-            facts,
         }),
         Plan::Journal => {
             let mut changes = ChangesRef {
@@ -126,10 +109,7 @@ pub fn serialize(
             };
             for &id in changed {
                 match graph.get_any(id) {
-                    Some(node) => changes.put.push(ObjectRef {
-                        node,
-                        facts: facts.get(&id),
-                    }),
+                    Some(node) => changes.put.push(node),
                     None => changes.gone.push(id),
                 }
             }
@@ -142,14 +122,8 @@ pub fn serialize(
 #[derive(Debug, Deserialize)]
 struct Changes {
     counters: Counters,
-    put: Vec<StoredObject>,
+    put: Vec<Node<StoredRecord>>,
     gone: Vec<Id>,
-}
-
-#[derive(Debug, Deserialize)]
-struct StoredObject {
-    node: Node<Record>,
-    facts: Option<Facts>,
 }
 
 /// How the next write goes to disk, as the store decides.
@@ -260,29 +234,21 @@ impl Store {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// The stored graph: the snapshot with its journal replayed; `None` for a state dir that
-    /// never held one.
-    pub fn load(&self) -> Result<Option<Snapshot>, StoreError> {
-        let Some(mut snapshot) = self.load_snapshot()? else {
-            return Ok(None);
-        };
-        self.replay_journal(&mut snapshot)?;
-        self.written().generation = snapshot.generation;
-        Ok(Some(snapshot))
-    }
-
-    fn load_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+    /// The stored graph: the snapshot with its journal replayed, its records read by `kinds`;
+    /// `None` for a state dir that never held one.
+    pub fn load(&self, kinds: &Kinds) -> Result<Option<Snapshot>, StoreError> {
         let path = self.path();
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StoreError::Read { path, source }),
         };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
         let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|err| StoreError::Corrupt {
-                path: path.clone(),
-                reason: err.to_string(),
-            })?;
+            serde_json::from_slice(&bytes).map_err(|err| corrupt(err.to_string()))?;
         let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0) as u32;
         if format > FORMAT {
             return Err(StoreError::TooNew {
@@ -290,19 +256,51 @@ impl Store {
                 found: format,
             });
         }
-        let snapshot = upgrade(value).map_err(|reason| StoreError::Corrupt {
-            path: path.clone(),
-            reason,
-        })?;
+        let snapshot = match format {
+            // Its journal, if any, was written by the same format.
+            1 | 2 => {
+                let mut old: legacy::Snapshot =
+                    serde_json::from_value(value).map_err(|err| corrupt(err.to_string()))?;
+                self.replay_journal(old.generation, |line| old.apply(line))?;
+                old.upgrade(kinds).map_err(corrupt)?
+            }
+            FORMAT => {
+                let mut stored: StoredSnapshot =
+                    serde_json::from_value(value).map_err(|err| corrupt(err.to_string()))?;
+                self.replay_journal(stored.generation, |line| {
+                    let changes: Changes = serde_json::from_slice(line)?;
+                    stored
+                        .graph
+                        .replay(changes.counters, changes.put, changes.gone);
+                    Ok(())
+                })?;
+                let graph = stored
+                    .graph
+                    .try_map(|_, record| Record::from_stored(kinds, record))
+                    .map_err(|err| corrupt(err.to_string()))?;
+                Snapshot {
+                    instance: stored.instance,
+                    generation: stored.generation,
+                    graph,
+                }
+            }
+            other => return Err(corrupt(format!("unknown format {other}"))),
+        };
+        self.written().generation = snapshot.generation;
         Ok(Some(snapshot))
     }
 
-    /// Applies the journal that continues `snapshot`, if there is one of its generation.
+    /// Applies each change of the journal that continues the snapshot of `generation`, if
+    /// there is one of that generation.
     ///
     /// Only the last line can be cut short by a crash (each line is synced before the next is
     /// written), and it was never reported as stored: a last line without its newline or that
     /// does not parse is dropped. A bad line with more after it is corruption.
-    fn replay_journal(&self, snapshot: &mut Snapshot) -> Result<(), StoreError> {
+    fn replay_journal(
+        &self,
+        generation: u64,
+        mut apply: impl FnMut(&[u8]) -> serde_json::Result<()>,
+    ) -> Result<(), StoreError> {
         let path = self.journal_path();
         let text = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -320,33 +318,23 @@ impl Store {
         };
         let header: JournalHeader = serde_json::from_slice(header)
             .map_err(|err| corrupt(format!("journal header: {err}")))?;
-        if header.generation != snapshot.generation {
+        if header.generation != generation {
             return Ok(());
         }
         let mut lines = lines.enumerate().peekable();
         while let Some((at, line)) = lines.next() {
             let last = lines.peek().is_none();
-            let complete = line.ends_with(b"\n");
-            let changes = match serde_json::from_slice::<Changes>(line) {
-                Ok(changes) if complete => changes,
+            if !line.ends_with(b"\n") {
+                // Only the last line can lack its newline; cut short, it was never stored.
+                break;
+            }
+            match apply(line) {
+                Ok(()) => {}
                 Err(err) if !last => {
                     return Err(corrupt(format!("journal line {}: {err}", at + 2)));
                 }
-                // Only the last line can lack its newline; cut short, it was never stored.
-                _ => break,
-            };
-            let mut put = Vec::with_capacity(changes.put.len());
-            for object in changes.put {
-                match object.facts {
-                    Some(facts) => snapshot.facts.insert(object.node.id, facts),
-                    None => snapshot.facts.remove(&object.node.id),
-                };
-                put.push(object.node);
+                Err(_) => break,
             }
-            for id in &changes.gone {
-                snapshot.facts.remove(id);
-            }
-            snapshot.graph.replay(changes.counters, put, changes.gone);
         }
         Ok(())
     }
@@ -448,89 +436,109 @@ impl Store {
     }
 }
 
-/// Reads a stored snapshot of this or an older format, so a node's graph survives an upgrade
-/// of the service. Format 1 is format 2 without a journal (generation 0, which no journal has).
-fn upgrade(value: serde_json::Value) -> Result<Snapshot, String> {
-    match value.get("format").and_then(|f| f.as_u64()) {
-        Some(1 | 2) => serde_json::from_value(value).map_err(|err| err.to_string()),
-        other => Err(format!("unknown format {other:?}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::wire::{Attach, Mount};
+    use crate::attach::loopback::{LoopbackFacts, LoopbackSpec};
+    use crate::driver::Erased;
+    use crate::model::wire::{AttachKind, Base, MountKind};
+    use crate::mount::attach::AttachFsSpec;
+    use crate::mount::MountFacts;
     use crate::registry::graph::ObjectKind;
+    use crate::registry::record::ObjectRecord;
 
-    /// A graph and its facts as the registry keeps them, with the changes not yet written.
+    fn kinds() -> Kinds {
+        Kinds::standard()
+    }
+
+    fn record(object: ObjectKind, kind: &str, spec: Erased, facts: Erased) -> Record {
+        let kind = kinds().get(object, kind).unwrap().clone();
+        assert_eq!(kind.object(), object);
+        let record = ObjectRecord {
+            kind,
+            spec,
+            facts: Some(facts),
+        };
+        match object {
+            ObjectKind::Attach => Record::Attach(record),
+            _ => Record::Mount(record),
+        }
+    }
+
+    /// A graph as the registry keeps it, with the changes not yet written.
     struct Objects {
         graph: Graph<Record>,
-        facts: BTreeMap<Id, Facts>,
     }
 
     impl Objects {
         fn new() -> Self {
             Objects {
                 graph: Graph::new(),
-                facts: BTreeMap::new(),
             }
         }
 
         /// A committed loop attachment with its mount; returns the mount's id.
         fn create(&mut self, number: u32) -> Id {
             let txn = self.graph.begin();
-            let attach = Record::Attach(Attach::default());
+            let spec = LoopbackSpec {
+                path: format!("/images/{number}.squashfs"),
+                base: Base::Root,
+                read_partitions: false,
+            };
+            let facts = LoopbackFacts {
+                number,
+                device_file: PathBuf::from(format!("/dev/loop{number}")),
+                backing_file: PathBuf::from(format!("/images/{number}.squashfs")),
+            };
+            let attach = record(
+                ObjectKind::Attach,
+                AttachKind::Loopback.as_str(),
+                Erased::of(spec),
+                Erased::of(facts),
+            );
             let attach = self
                 .graph
                 .reserve(txn, ObjectKind::Attach, None, attach, &[]);
             let attach = attach.unwrap();
-            let backing_file = PathBuf::from(format!("/images/{number}.squashfs"));
-            self.facts.insert(
-                attach,
-                Facts::Loop {
-                    number,
-                    backing_file,
-                },
+            let spec = AttachFsSpec {
+                fs_type: "squashfs".to_string(),
+                options: vec!["ro".to_string()],
+            };
+            let facts = MountFacts {
+                mountpoint: PathBuf::from(format!("/run/m/{attach}")),
+                fs_type: Some("squashfs".to_string()),
+            };
+            let mount = record(
+                ObjectKind::Mount,
+                MountKind::Attach.as_str(),
+                Erased::of(spec),
+                Erased::of(facts),
             );
-            let mount = Record::Mount(Mount::default());
             let mount = self
                 .graph
                 .reserve(txn, ObjectKind::Mount, None, mount, &[attach]);
             let mount = mount.unwrap();
-            let mountpoint = PathBuf::from(format!("/run/m/{mount}"));
-            let fs_type = Some("squashfs".to_string());
-            self.facts.insert(
-                mount,
-                Facts::Mount {
-                    mountpoint,
-                    fs_type,
-                },
-            );
             self.graph.commit(txn);
             mount
         }
 
         fn delete(&mut self, id: Id) {
-            for removed in self.graph.delete(id, false).unwrap() {
-                self.facts.remove(&removed.id);
-            }
+            self.graph.delete(id, false).unwrap();
         }
 
         /// Writes what changed since the last write, as the registry's writer does.
         fn write(&mut self, store: &Store) -> Plan {
             let plan = store.plan();
             let changed = self.graph.take_changed();
-            let bytes = serialize(plan, "test", &self.graph, &self.facts, &changed).unwrap();
+            let bytes = serialize(plan, "test", &self.graph, &changed).unwrap();
             store.write(plan, &bytes).unwrap();
             plan
         }
 
         fn assert_loads_from(&self, dir: &Path) {
             let store = Store::open(dir).unwrap();
-            let loaded = store.load().unwrap().unwrap();
+            let loaded = store.load(&kinds()).unwrap().unwrap();
             assert_eq!(loaded.graph, self.graph);
-            assert_eq!(loaded.facts, self.facts);
             assert_eq!(loaded.instance, "test");
         }
     }
@@ -558,7 +566,7 @@ mod tests {
     fn saves_and_loads_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert!(store.load().unwrap().is_none());
+        assert!(store.load(&kinds()).unwrap().is_none());
         let mut objects = Objects::new();
         objects.create(3);
         assert_eq!(objects.write(&store), Plan::Snapshot { generation: 1 });
@@ -589,10 +597,16 @@ mod tests {
         objects.delete(first);
         objects.graph.begin();
         assert_eq!(objects.write(&store), Plan::Journal);
+        // A changed record, and one that lost its facts.
         if let Some(Record::Mount(mount)) = objects.graph.record_mut(second) {
-            mount.mountpoint = Some("/run/m/elsewhere".to_string());
+            mount.facts = Some(Erased::of(MountFacts {
+                mountpoint: PathBuf::from("/run/m/elsewhere"),
+                fs_type: None,
+            }));
         }
-        objects.facts.remove(&second);
+        if let Some(Record::Attach(attach)) = objects.graph.record_mut(second - 1) {
+            attach.facts = None;
+        }
         objects.write(&store);
         assert_eq!(journal_lines(dir.path()), 4, "a header and three batches");
         drop(store);
@@ -600,7 +614,7 @@ mod tests {
 
         // A start writes a new snapshot first, with the next generation and an empty journal.
         let store = Store::open(dir.path()).unwrap();
-        store.load().unwrap();
+        store.load(&kinds()).unwrap();
         assert_eq!(objects.write(&store), Plan::Snapshot { generation: 2 });
         assert_eq!(journal_lines(dir.path()), 1);
         drop(store);
@@ -630,7 +644,7 @@ mod tests {
         damaged.extend(lines.flatten());
         fs::write(&journal, &damaged).unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let refused = store.load().unwrap_err().to_string();
+        let refused = store.load(&kinds()).unwrap_err().to_string();
         assert!(refused.contains("journal line 2"), "{refused}");
         assert_eq!(fs::read(&journal).unwrap(), damaged, "left for inspection");
     }
@@ -644,7 +658,6 @@ mod tests {
             Plan::Snapshot { generation: 2 },
             "test",
             &objects.graph,
-            &objects.facts,
             &BTreeSet::new(),
         )
         .unwrap();
@@ -665,40 +678,62 @@ mod tests {
         assert_eq!(store.plan(), Plan::Snapshot { generation: 2 });
     }
 
-    /// A store written by the first format's service, kept as it was: every later service must
-    /// still load it (through `upgrade`), so a node's graph survives an upgrade of the service.
-    #[test]
-    fn a_format_1_store_still_loads() {
+    /// Loads a store an older service wrote, checks it, writes it as the current format and
+    /// loads that again: a node's graph survives an upgrade of the service.
+    fn upgrades(files: &[(&str, &str)], objects: usize, next_id: Id, container: &str) {
         let dir = tempfile::tempdir().unwrap();
-        let stored = include_str!("../tests/data/state-format-1.json");
-        fs::write(dir.path().join(STATE_FILE), stored).unwrap();
+        for (name, content) in files {
+            fs::write(dir.path().join(name), content).unwrap();
+        }
         let store = Store::open(dir.path()).unwrap();
-        let snapshot = store.load().unwrap().unwrap();
-        assert_eq!(snapshot.generation, 0);
-        assert_eq!(snapshot.graph.iter().count(), 4);
-        assert_eq!(snapshot.graph.next_id(), 5);
-        assert!(snapshot
-            .facts
-            .values()
-            .any(|facts| matches!(facts, Facts::Loop { .. })));
-        let container = snapshot.graph.by_name("web").unwrap();
+        let snapshot = store.load(&kinds()).unwrap().unwrap();
+        assert_eq!(snapshot.graph.iter().count(), objects);
+        assert_eq!(snapshot.graph.next_id(), next_id);
+        let loop_facts = snapshot.graph.iter().find_map(|node| match &node.record {
+            Record::Attach(object) if object.kind.name() == "loopback" => object.facts.clone(),
+            _ => None,
+        });
+        assert!(loop_facts.is_some(), "a loop device's facts are kept");
+        let container = snapshot.graph.by_name(container).unwrap();
         assert_eq!(container.deps.len(), 1);
 
         // The first write of the upgraded service stores it as the current format.
         let plan = store.plan();
-        assert_eq!(plan, Plan::Snapshot { generation: 1 });
-        let (graph, facts) = (&snapshot.graph, &snapshot.facts);
-        let instance = &snapshot.instance;
-        let bytes = serialize(plan, instance, graph, facts, &BTreeSet::new()).unwrap();
+        assert!(matches!(plan, Plan::Snapshot { .. }));
+        let bytes = serialize(plan, &snapshot.instance, &snapshot.graph, &BTreeSet::new()).unwrap();
         store.write(plan, &bytes).unwrap();
         drop(store);
         let written: serde_json::Value =
             serde_json::from_slice(&fs::read(dir.path().join(STATE_FILE)).unwrap()).unwrap();
         assert_eq!(written["format"], FORMAT);
-        let again = Store::open(dir.path()).unwrap().load().unwrap().unwrap();
+        let again = Store::open(dir.path())
+            .unwrap()
+            .load(&kinds())
+            .unwrap()
+            .unwrap();
         assert_eq!(again.graph, snapshot.graph);
-        assert_eq!(again.facts, snapshot.facts);
         assert_eq!(again.instance, snapshot.instance);
+    }
+
+    /// A store written by the first format's service, kept as it was.
+    #[test]
+    fn a_format_1_store_still_loads() {
+        let stored = include_str!("../../tests/data/state-format-1.json");
+        upgrades(&[(STATE_FILE, stored)], 4, 5, "web");
+    }
+
+    /// A snapshot and journal written by the format 2 service (nested container on an overlay
+    /// of a squashfs loopback, a bind, a second container and a loopback inside the bind).
+    #[test]
+    fn a_format_2_store_with_its_journal_still_loads() {
+        let snapshot = include_str!("../../tests/data/state-format-2/state.json");
+        let journal = include_str!("../../tests/data/state-format-2/journal");
+        upgrades(
+            &[(STATE_FILE, snapshot), (JOURNAL_FILE, journal)],
+            7,
+            8,
+            "fx",
+        );
     }
 
     #[test]
@@ -716,14 +751,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         fs::write(store.path(), b"{\"format\": 1, \"graph\": ").unwrap();
-        assert!(matches!(store.load(), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            store.load(&kinds()),
+            Err(StoreError::Corrupt { .. })
+        ));
         assert_eq!(
             fs::read(store.path()).unwrap(),
             b"{\"format\": 1, \"graph\": "
         );
         fs::write(store.path(), b"{\"format\": 99}").unwrap();
         assert!(matches!(
-            store.load(),
+            store.load(&kinds()),
             Err(StoreError::TooNew { found: 99, .. })
         ));
     }
