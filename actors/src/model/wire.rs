@@ -9,7 +9,7 @@
 //! `namespaces`, nfs `options`, rbd `monitors`), and `""`, `0` or `false` where a field lacks
 //! `omitempty` or a caller set it to the zero value. So `null` stands for an absent field
 //! everywhere; `""` for an absent optional string or enum (`kind`, `state`, `name`, ...); and `0`
-//! for an absent id or an unset number whose default is not 0 (iscsi `port`, `max_comands`,
+//! for an absent object id or an unset number whose default is not 0 (iscsi `port`, `max_comands`,
 //! `queue_depth`; the rbd map options, which the reference never passed on as 0). A required
 //! field stays required: `null` there is answered like a missing field, a 422 that names it.
 
@@ -163,15 +163,10 @@ pub struct AttachLoopback {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttachRbd {
     /// Read-only: the kernel's rbd device id (`/dev/rbd<device_id>`).
-    #[serde(
-        default,
-        deserialize_with = "zero_as_none",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<i64>,
-    /// Required, with at least one monitor: `null` or no field is taken as none, which
-    /// validation refuses with a 422 naming `monitors`.
-    #[serde(default, deserialize_with = "null_as_default")]
+    /// Required (`null` is refused like a missing field), with at least one monitor.
+    #[serde(deserialize_with = "required")]
     pub monitors: Vec<String>,
     #[serde(deserialize_with = "required")]
     pub pool: String,
@@ -501,9 +496,8 @@ pub struct MountNfs {
 /// An overlay of one or more lower mounts (first is topmost) with a service-made upper layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MountOverlay {
-    /// Required, with at least one lower: `null` or no field is taken as none, which validation
-    /// refuses with a 422 naming `lower`.
-    #[serde(default, deserialize_with = "null_as_default")]
+    /// Required (`null` is refused like a missing field), with at least one lower.
+    #[serde(deserialize_with = "required")]
     pub lower: Vec<Mount>,
     /// Read-only: the overlay's work dir.
     #[serde(default, skip_serializing_if = "Option::is_none")]
