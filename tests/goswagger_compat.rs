@@ -373,6 +373,13 @@ fn null_for_a_required_field_is_a_422_naming_it() {
             json!({ "kind": "rbd", "rbd": { "monitors": null, "pool": "p", "image": "i" } }),
             "rbd.monitors",
         ),
+        // An empty secret is none, and mapping needs one.
+        (
+            "attach",
+            json!({ "kind": "rbd", "rbd": { "monitors": ["10.0.0.1"], "pool": "p", "image": "i",
+                                            "options": { "name": "admin", "secret": "" } } }),
+            "rbd.options.secret",
+        ),
         (
             "mount",
             json!({ "kind": "attach", "attach": { "attach": null, "fs_type": "ext4" } }),

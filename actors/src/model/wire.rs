@@ -266,7 +266,10 @@ pub struct RbdOptions {
         skip_serializing_if = "Option::is_none"
     )]
     pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        deserialize_with = "empty_secret_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub secret: Option<Secret>,
     #[serde(
         deserialize_with = "empty_as_none",
@@ -291,6 +294,13 @@ impl<'de> Deserialize<'de> for Secret {
             )),
         }
     }
+}
+
+/// A secret where `null` and `""` both mean none.
+fn empty_secret_as_none<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<Secret>::deserialize(deserializer)?.filter(|secret| !secret.0.is_empty()))
 }
 
 impl Secret {
@@ -650,8 +660,10 @@ mod tests {
         );
         assert_eq!(container.stop_signal, None);
 
-        let options: RbdOptions =
-            serde_json::from_value(json!({ "queue_depth": 0, "share": null, "fsid": "" })).unwrap();
+        let options: RbdOptions = serde_json::from_value(
+            json!({ "queue_depth": 0, "share": null, "fsid": "", "secret": "" }),
+        )
+        .unwrap();
         assert_eq!(options, RbdOptions::default());
     }
 
