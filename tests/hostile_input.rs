@@ -77,11 +77,9 @@ fn query_parameters_are_checked_and_named() {
     let mut svc = Service::start();
     for (method, path, status, field) in [
         ("GET", "/attach?id=99999999999999999999", 422, "id"),
-        ("GET", "/attach?id=", 422, "id"),
         ("GET", "/attach?id=%ZZ", 422, "id"),
         ("GET", "/attach?id=1&id=abc", 422, "id"),
         ("GET", "/attach?id=0x10", 422, "id"),
-        ("GET", "/attach?kind=", 422, "kind"),
         ("GET", "/attach?kind=LOCAL", 422, "kind"),
         ("GET", "/mount?kind=local%00", 422, "kind"),
         ("GET", "/container?state=zombie", 422, "state"),
@@ -91,7 +89,8 @@ fn query_parameters_are_checked_and_named() {
         ("GET", "/attach?id=-1", 404, ""),
         ("DELETE", "/attach?id=1&force=yesplease", 422, "force"),
         ("DELETE", "/container", 422, "id"),
-        ("DELETE", "/container?name=", 404, ""),
+        // An empty value is absent (goswagger_compat.rs has `GET /attach?id=` and friends).
+        ("DELETE", "/container?name=", 422, "id"),
         ("PATCH", "/container?name=x", 422, "state"),
         ("PATCH", "/container?name=x&state=stopping", 422, "state"),
         ("PATCH", "/container?name=x&state=created", 422, "state"),
@@ -220,7 +219,8 @@ fn body_fields_are_checked_and_named() {
             "rbd.options.alloc_size",
         ),
         ("attach", iscsi(json!({ "lun": -1 })), "iscsi.lun"),
-        ("attach", iscsi(json!({ "port": 0 })), "iscsi.port"),
+        // (`port: 0` is a go client's unset port: the default, see goswagger_compat.rs.)
+        ("attach", iscsi(json!({ "port": -1 })), "iscsi.port"),
         ("attach", iscsi(json!({ "port": 70000 })), "iscsi.port"),
         (
             "attach",

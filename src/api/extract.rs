@@ -105,7 +105,10 @@ pub async fn json_body<T: DeserializeOwned>(
 }
 
 /// The query parameters of a request, read one typed parameter at a time so that each error
-/// names its parameter. Unknown parameters are ignored, as the reference does.
+/// names its parameter. Unknown parameters are ignored, as the reference does. A repeated
+/// parameter takes its last value, and an empty value (`?id=`, `?kind=`) is taken as absent, as
+/// the reference's go-swagger server reads them: so `GET /attach?id=` lists every attach, and
+/// `DELETE /attach?id=` is refused like a DELETE without an id.
 pub struct Query(Vec<(String, String)>);
 
 impl Query {
@@ -126,6 +129,7 @@ impl Query {
             .rev()
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.as_str())
+            .filter(|value| !value.is_empty())
     }
 
     pub fn string(&self, name: &str) -> Option<String> {
@@ -153,7 +157,7 @@ impl Query {
         const TRUE: [&str; 10] = [
             "true", "1", "yes", "ok", "y", "on", "selected", "checked", "t", "enabled",
         ];
-        const FALSE: [&str; 8] = ["false", "0", "no", "n", "off", "f", "disabled", ""];
+        const FALSE: [&str; 7] = ["false", "0", "no", "n", "off", "f", "disabled"];
         match self.raw(name).map(str::to_ascii_lowercase) {
             None => Ok(false),
             Some(word) if TRUE.contains(&word.as_str()) => Ok(true),
