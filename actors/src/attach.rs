@@ -14,7 +14,7 @@ use crate::resource::{KernelResource, ResourceActor};
 use crate::store::Facts;
 use crate::sys::beneath::{fd_path, open_beneath, BeneathError};
 use crate::sys::blockdev::{check_block_device, BlockDeviceError};
-use crate::sys::loopdev::{self, LoopDevice};
+use crate::sys::loopdev::{self, AttachTurn, LoopDevice};
 use crate::sys::{errno_of_io, SysError};
 
 const LOCAL: Origin = Origin::new(ObjectKind::Attach, "local");
@@ -104,6 +104,7 @@ pub fn attach_loopback(
     path: &str,
     read_partitions: bool,
     tag: &str,
+    turn: &AttachTurn,
 ) -> Result<AttachedDevice, Error> {
     let (file, read_only) = open_image(base, path)?;
     let metadata = file
@@ -119,7 +120,7 @@ pub fn attach_loopback(
         };
         return Err(Error::rejected(LOOPBACK, format!("{path} is {found}")));
     }
-    let device = LoopDevice::attach_tagged(&file, read_only, read_partitions, tag)
+    let device = LoopDevice::attach_tagged(&file, read_only, read_partitions, tag, turn)
         .map_err(Error::kernel(LOOPBACK))?;
     // As sysfs shows it; failing that, as the kernel names the open file (the same path).
     let backing_file = loopdev::backing_file(device.number())

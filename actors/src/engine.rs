@@ -11,6 +11,7 @@ use crate::model::spec;
 use futures::FutureExt;
 
 use crate::blocking::{mailbox_gone, off_event_loop};
+use crate::container::Runtime;
 use crate::model::wire::{Attach, AttachKind, Container, ContainerState, Id, Mount, MountKind};
 pub use crate::registry::actor::Selector;
 use crate::registry::actor::{
@@ -22,6 +23,7 @@ use crate::registry::graph::ObjectKind;
 use crate::registry::record::Record;
 use crate::restore;
 use crate::store::{Store, StoreError};
+use crate::sys::loopdev::AttachTurn;
 
 /// Where the engine keeps what it makes on the host.
 #[derive(Debug, Clone)]
@@ -47,8 +49,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot become the reaper of orphaned processes: {0}")]
-    Reaper(#[from] crate::container::ReaperError),
+    #[error("cannot start the container runtime: {0}")]
+    Runtime(#[from] crate::container::RuntimeError),
     #[error("the engine's start was interrupted")]
     Interrupted,
 }
@@ -63,6 +65,10 @@ pub struct Engine {
     config: Arc<EngineConfig>,
     /// Names this service's cgroups and loop devices (kept in the state store).
     instance: Arc<str>,
+    /// What the engine's containers share: cgroups, reaper, launcher.
+    runtime: Arc<Runtime>,
+    /// The engine's loop device attaches take turns on it.
+    attach_turn: Arc<AttachTurn>,
 }
 
 impl Engine {
@@ -82,8 +88,6 @@ impl Engine {
                 source,
             })?;
         }
-        // Orphans re-parented to the service are reaped from the start, not from the first container.
-        crate::container::start_reaper()?;
         let (store, snapshot) = match &config.state_dir {
             Some(dir) => {
                 let store = Store::open(dir)?;
@@ -96,12 +100,17 @@ impl Engine {
             Some(snapshot) => snapshot.instance.as_str().into(),
             None => uuid::Uuid::new_v4().simple().to_string().into(),
         };
-        crate::container::cgroup::set_instance(&instance);
+        // Orphans re-parented to the service are reaped from the start, not from the first
+        // container.
+        let runtime = Runtime::new(&instance)?;
         let mount_dir = config.mount_dir.clone();
+        let restoring = runtime.clone();
         let mut checked = match snapshot {
-            Some(snapshot) => off_event_loop(move || restore::check(snapshot, &mount_dir))
-                .await
-                .ok_or(StartError::Interrupted)?,
+            Some(snapshot) => {
+                off_event_loop(move || restore::check(snapshot, &mount_dir, &restoring))
+                    .await
+                    .ok_or(StartError::Interrupted)?
+            }
             None => restore::Checked {
                 instance: instance.to_string(),
                 graph: Graph::new(),
@@ -110,8 +119,9 @@ impl Engine {
             },
         };
         let arbiter = Arbiter::new().handle();
+        let adopting = runtime.clone();
         let registry = Registry::start_in_arbiter(&arbiter, move |ctx: &mut Context<Registry>| {
-            let actors = restore::start_actors(&mut checked, ctx.address().recipient());
+            let actors = restore::start_actors(&mut checked, ctx.address().recipient(), &adopting);
             let initial = Initial {
                 instance: checked.instance,
                 graph: checked.graph,
@@ -131,6 +141,8 @@ impl Engine {
             arbiter,
             config: Arc::new(config),
             instance,
+            runtime,
+            attach_turn: Arc::new(AttachTurn::default()),
         })
     }
 
@@ -145,6 +157,8 @@ impl Engine {
         let registry = self.registry.clone();
         let config = self.config.clone();
         let instance = self.instance.clone();
+        let runtime = self.runtime.clone();
+        let attach_turn = self.attach_turn.clone();
         let (answer, answered) = tokio::sync::oneshot::channel();
         let task = async move {
             let txn = registry.send(Begin).await.map_err(mailbox_gone)??;
@@ -153,6 +167,8 @@ impl Engine {
                 txn,
                 config,
                 instance,
+                runtime,
+                attach_turn,
             };
             let built = build(&transaction).await;
             match built {

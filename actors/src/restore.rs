@@ -7,12 +7,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tracing::{info, warn};
 
 use crate::attach::{self, AttachedDevice};
 use crate::container::process::Init;
-use crate::container::Cgroup;
+use crate::container::{Cgroup, Runtime};
 use crate::model::wire::{Attach, ContainerState, Id};
 use crate::mount::MountedFs;
 use crate::registry::graph::{Graph, Removed};
@@ -39,7 +40,7 @@ pub struct Checked {
 }
 
 /// Checks a stored snapshot against the kernel. Blocking: runs before the service serves.
-pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
+pub fn check(snapshot: Snapshot, mount_dir: &Path, runtime: &Arc<Runtime>) -> Checked {
     let Snapshot {
         instance,
         mut graph,
@@ -57,7 +58,7 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
         );
     }
     for removed in &unfinished {
-        if let Some(resource) = find(removed.id, &removed.record, facts.get(&removed.id)) {
+        if let Some(resource) = find(removed.id, &removed.record, facts.get(&removed.id), runtime) {
             release(removed.id, resource);
         }
     }
@@ -67,7 +68,7 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
     let mut gone = Vec::new();
     for id in ids {
         let Some(node) = graph.get(id) else { continue };
-        match find(id, &node.record, facts.get(&id)) {
+        match find(id, &node.record, facts.get(&id), runtime) {
             Some(resource) => {
                 adopted.insert(id, resource);
             }
@@ -124,7 +125,7 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
         }
     }
     clean_unclaimed_loops(&instance, &adopted);
-    clean_unclaimed_cgroups(&adopted);
+    clean_unclaimed_cgroups(&adopted, runtime);
     clean_unclaimed_mountpoints(mount_dir, &graph);
     info!(
         objects = adopted.len(),
@@ -139,7 +140,7 @@ pub fn check(snapshot: Snapshot, mount_dir: &Path) -> Checked {
 }
 
 /// The kernel resource of a stored object, if it is still there.
-fn find(id: Id, record: &Record, facts: Option<&Facts>) -> Option<Adopted> {
+fn find(id: Id, record: &Record, facts: Option<&Facts>, runtime: &Arc<Runtime>) -> Option<Adopted> {
     match (record, facts) {
         (
             Record::Attach(_),
@@ -177,7 +178,7 @@ fn find(id: Id, record: &Record, facts: Option<&Facts>) -> Option<Adopted> {
             )))
         }
         (Record::Container(_), Some(Facts::Init { pid, start_time })) => {
-            match Init::adopt(id, *pid, *start_time) {
+            match Init::adopt(runtime, id, *pid, *start_time) {
                 Ok(init) => Some(Adopted::Container(init)),
                 Err(err) => {
                     warn!(id, error = %err, "cannot take up the container's init again");
@@ -240,15 +241,8 @@ fn clean_unclaimed_loops(instance: &str, adopted: &BTreeMap<Id, Adopted>) {
 /// The cgroups of this service whose container has no adopted init (it died, the container was
 /// deleted, or a crash came before its start was recorded): whatever still runs in them is
 /// killed, and they are removed.
-fn clean_unclaimed_cgroups(adopted: &BTreeMap<Id, Adopted>) {
-    let ids = match Cgroup::ids_on_host() {
-        Ok(ids) => ids,
-        Err(err) => {
-            warn!(error = %err, "cannot look for the containers' cgroups");
-            return;
-        }
-    };
-    for id in ids {
+fn clean_unclaimed_cgroups(adopted: &BTreeMap<Id, Adopted>, runtime: &Runtime) {
+    for id in Cgroup::ids_on_host(runtime) {
         if matches!(adopted.get(&id), Some(Adopted::Container(Some(_)))) {
             continue;
         }
@@ -256,8 +250,7 @@ fn clean_unclaimed_cgroups(adopted: &BTreeMap<Id, Adopted>) {
             id,
             "cgroup of a container with no adopted init: killing what runs in it"
         );
-        let removed = Cgroup::left_by(id).and_then(|cgroup| cgroup.kill_and_remove());
-        if let Err(err) = removed {
+        if let Err(err) = Cgroup::left_by(runtime, id).kill_and_remove() {
             warn!(id, error = %err, "cannot remove the cgroup");
         }
     }
@@ -300,6 +293,7 @@ fn clean_unclaimed_mountpoints(mount_dir: &Path, graph: &Graph<Record>) {
 pub fn start_actors(
     checked: &mut Checked,
     registry: actix::Recipient<crate::container::actor::StateChanged>,
+    runtime: &Arc<Runtime>,
 ) -> HashMap<Id, crate::resource::ObjectAddr> {
     use crate::attach::AttachActor;
     use crate::container::actor::{ContainerActor, ContainerPlan};
@@ -342,6 +336,7 @@ pub fn start_actors(
                     init,
                     mount,
                     registry.clone(),
+                    runtime.clone(),
                 ))
             }
             (Adopted::Container(_), _) => continue,

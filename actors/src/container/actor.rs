@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::launch::{self, InitConfig, LaunchError};
 use super::process::{ExitStatus, Init};
+use super::runtime::Runtime;
 use crate::blocking::off_event_loop;
 use crate::error::{Error, Origin};
 use crate::model::spec::{parse_signal, signal_name, StopPolicy};
@@ -103,6 +104,8 @@ pub struct ContainerActor {
     _mount: ObjectAddr,
     /// Wakes a Release waiting for the init to be gone.
     on_exit: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// The engine's container runtime, which the init is launched into.
+    runtime: Arc<Runtime>,
 }
 
 impl ContainerActor {
@@ -111,9 +114,10 @@ impl ContainerActor {
         plan: ContainerPlan,
         mount: ObjectAddr,
         registry: Recipient<StateChanged>,
+        runtime: Arc<Runtime>,
     ) -> Addr<Self> {
         let created = (ContainerState::Created, None);
-        Self::run(id, plan, created, mount, registry, "created")
+        Self::run(id, plan, created, (mount, registry, runtime), "created")
     }
 
     /// The actor of a container found again after a restart of the service, in the state the
@@ -125,17 +129,17 @@ impl ContainerActor {
         init: Option<Init>,
         mount: ObjectAddr,
         registry: Recipient<StateChanged>,
+        runtime: Arc<Runtime>,
     ) -> Addr<Self> {
         let line = "adopted by a new start of the service";
-        Self::run(id, plan, (state, init), mount, registry, line)
+        Self::run(id, plan, (state, init), (mount, registry, runtime), line)
     }
 
     fn run(
         id: Id,
         plan: ContainerPlan,
         (state, init): (ContainerState, Option<Init>),
-        mount: ObjectAddr,
-        registry: Recipient<StateChanged>,
+        (mount, registry, runtime): (ObjectAddr, Recipient<StateChanged>, Arc<Runtime>),
         line: &str,
     ) -> Addr<Self> {
         let actor = ContainerActor {
@@ -148,6 +152,7 @@ impl ContainerActor {
             registry,
             _mount: mount,
             on_exit: Vec::new(),
+            runtime,
         };
         actor.log_line(line);
         actor.start()
@@ -209,7 +214,8 @@ impl ContainerActor {
                 })));
             }
         };
-        let launched = off_event_loop(move || launch::launch(config));
+        let runtime = self.runtime.clone();
+        let launched = off_event_loop(move || launch::launch(&runtime, config));
         Box::pin(launched.into_actor(self).map(|joined, actor, ctx| {
             let Some(launched) = joined else {
                 return Err(Error::ShuttingDown);

@@ -5,7 +5,8 @@
 //! - [`run_if_init`] must be the first call of the service's `main`: the init is (a sealed
 //!   in-memory copy of) the service binary, executed with a private marker, and does its setup
 //!   there.
-//! - [`start_reaper`] makes the service a child subreaper that reaps orphans.
+//! - [`Runtime`] is what one engine's containers share (cgroup instance, reaper, launcher);
+//!   the engine makes one and passes it down.
 //!
 //! Internals: `clone` (the async-signal-safe child), `launcher` (the thread and mount namespace
 //! inits are cloned from), `spec` (the service/init protocol),
@@ -22,8 +23,9 @@ mod launcher;
 mod poll;
 mod proc;
 pub mod process;
-pub mod reaper;
+mod reaper;
 mod rootfs;
+mod runtime;
 mod spec;
 
 pub use cgroup::{Cgroup, CgroupError};
@@ -31,4 +33,5 @@ pub use console::reattach_console;
 pub use init::run_if_init;
 pub use launch::{check_init, launch, InitConfig, LaunchError};
 pub use process::{ExitStatus, Init};
-pub use reaper::{start_reaper, ReaperError};
+pub use reaper::ReaperError;
+pub use runtime::{Runtime, RuntimeError};

@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 use tokio::io::unix::AsyncFd;
@@ -13,7 +13,7 @@ use tokio::io::Interest;
 use super::cgroup::{Cgroup, CgroupError};
 use super::clone::Child;
 use super::proc::Stat;
-use super::reaper;
+use super::runtime::Runtime;
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 /// How an init ended.
@@ -63,6 +63,8 @@ impl fmt::Display for ExitStatus {
 /// reaping and the cgroup removal to the reaper.
 #[derive(Debug)]
 pub struct Init {
+    /// The runtime whose reaper registered the init, and whose cgroups it runs in.
+    runtime: Arc<Runtime>,
     id: i64,
     pid: i32,
     pidfd: OwnedFd,
@@ -77,8 +79,15 @@ pub struct Init {
 }
 
 impl Init {
-    pub(crate) fn new(id: i64, child: Child, start_time: u64, cgroup: Cgroup) -> Init {
+    pub(crate) fn new(
+        runtime: Arc<Runtime>,
+        id: i64,
+        child: Child,
+        start_time: u64,
+        cgroup: Cgroup,
+    ) -> Init {
         Init {
+            runtime,
             id,
             pid: child.pid,
             pidfd: child.pidfd,
@@ -90,9 +99,15 @@ impl Init {
         }
     }
 
-    /// Takes up again, after a restart of the service, the init `pid` that started at
-    /// `start_time`; `None` when that process is gone (or the pid now names another one).
-    pub fn adopt(id: i64, pid: i32, start_time: u64) -> io::Result<Option<Init>> {
+    /// Takes up again into `runtime`, after a restart of the service, the init `pid` that
+    /// started at `start_time`; `None` when that process is gone (or the pid now names another
+    /// one).
+    pub fn adopt(
+        runtime: &Arc<Runtime>,
+        id: i64,
+        pid: i32,
+        start_time: u64,
+    ) -> io::Result<Option<Init>> {
         let same_process = || {
             Stat::read(pid)
                 .map(|stat| stat.start_time == start_time)
@@ -115,13 +130,14 @@ impl Init {
             return Ok(None);
         }
         Ok(Some(Init {
+            runtime: runtime.clone(),
             id,
             pid,
             pidfd,
             start_time,
             // By the container's id, not by the init's own cgroup: systemd moves itself into a
             // sub-cgroup (init.scope).
-            cgroup: Cgroup::left_by(id).map_err(io::Error::other)?,
+            cgroup: Cgroup::left_by(runtime, id),
             status: Mutex::new(None),
             left_running: AtomicBool::new(false),
             adopted: true,
@@ -237,7 +253,7 @@ impl Init {
             return Ok(*reaped);
         }
         let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
-        let raw = reaper::reap_supervised(self.pid, || {
+        let raw = self.runtime.reaper().reap_supervised(self.pid, || {
             Ok(waitid(WaitId::PidFd(self.pidfd.as_fd()), options)?)
         })?;
         let Some(raw) = raw else {
@@ -283,6 +299,6 @@ impl Drop for Init {
             // Not our child: its parent reaps it; the cgroups go with the next start's check.
             return;
         }
-        reaper::abandon(self.pid, self.cgroup.clone());
+        self.runtime.reaper().abandon(self.pid, self.cgroup.clone());
     }
 }

@@ -89,6 +89,10 @@ pub(crate) struct Transaction {
     pub config: Arc<EngineConfig>,
     /// The service's instance name, which tags its loop devices.
     pub instance: Arc<str>,
+    /// The engine's container runtime.
+    pub runtime: Arc<crate::container::Runtime>,
+    /// The engine's loop device attaches take turns on it.
+    pub attach_turn: Arc<crate::sys::loopdev::AttachTurn>,
 }
 
 impl Transaction {
@@ -216,8 +220,15 @@ impl Transaction {
                     .await?;
                 let base_dir = base.dir()?;
                 let tag = attach::loop_tag(&self.instance, id);
+                let turn = self.attach_turn.clone();
                 let device = blocking(move || {
-                    attach::attach_loopback(base_dir.as_deref(), &path, read_partitions, &tag)
+                    attach::attach_loopback(
+                        base_dir.as_deref(),
+                        &path,
+                        read_partitions,
+                        &tag,
+                        &turn,
+                    )
                 })
                 .await?;
                 record.device_file = Some(device.device_file().display().to_string());
@@ -389,7 +400,13 @@ impl Transaction {
         let checked_root = rootfs.clone();
         blocking(move || launch::check_init(&checked_root, &argv0).map_err(launch_error)).await?;
         let plan = ContainerPlan::of_record(id, &record, rootfs);
-        let actor = ContainerActor::start(id, plan, mount.addr, self.registry.clone().recipient());
+        let actor = ContainerActor::start(
+            id,
+            plan,
+            mount.addr,
+            self.registry.clone().recipient(),
+            self.runtime.clone(),
+        );
         let built = self
             .ready(
                 id,
