@@ -11,7 +11,8 @@
 //! Internals: `clone` (the async-signal-safe child), `launcher` (the thread and mount namespace
 //! inits are cloned from), `spec` (the service/init protocol),
 //! `rootfs` (the container's mounts), `console` (a systemd container's `/dev/console`), `cgroup`,
-//! `proc` (`/proc/<pid>/stat`), `poll`, `reaper`.
+//! `proc` (`/proc/<pid>/stat`), `poll`, `reaper`, `runtime` (what one engine's containers share),
+//! `log` (the lifecycle lines, written off the event loop).
 
 pub mod actor;
 pub mod cgroup;
@@ -20,6 +21,7 @@ mod console;
 pub mod init;
 pub mod launch;
 mod launcher;
+mod log;
 mod poll;
 mod proc;
 pub mod process;
