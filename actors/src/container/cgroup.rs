@@ -26,10 +26,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use rustix::event::PollFlags;
 use rustix::fs::{Mode, OFlags};
+use rustix::process::{kill_process, Pid, Signal};
 
-use super::poll::poll;
 use super::runtime::Runtime;
+use crate::sys::poll::poll;
 
 /// How long [`Cgroup::freeze`] waits for every task to stop before giving up and thawing.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -408,7 +410,7 @@ fn freeze_v2(dir: &Path) -> Result<(), CgroupError> {
         }
         let left = deadline.saturating_duration_since(Instant::now());
         let changed =
-            !left.is_zero() && poll(events.as_fd(), libc::POLLPRI, left).map_err(io_error)?;
+            !left.is_zero() && poll(events.as_fd(), PollFlags::PRI, left).map_err(io_error)?;
         if !changed {
             write(&dir.join("cgroup.freeze"), "0", "thaw")?;
             return Err(CgroupError::FreezeTimeout {
@@ -512,10 +514,10 @@ impl Cgroup {
         for dir in self.dirs() {
             for procs in walk_procs(dir) {
                 let procs = fs::read_to_string(procs).unwrap_or_default();
-                for pid in procs.lines().filter_map(|pid| pid.parse::<i32>().ok()) {
-                    // SAFETY: kill(2) with a pid read from the cgroup; at worst the process has
-                    // exited meanwhile and the call fails with ESRCH.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                let pids = procs.lines().filter_map(|pid| pid.parse::<i32>().ok());
+                for pid in pids.filter_map(Pid::from_raw) {
+                    // At worst the process has exited meanwhile: ESRCH.
+                    let _ = kill_process(pid, Signal::KILL);
                 }
             }
         }

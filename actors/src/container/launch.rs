@@ -25,6 +25,7 @@ use linux_raw_sys::general::{
     CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWTIME, CLONE_NEWUSER,
     CLONE_NEWUTS,
 };
+use rustix::event::PollFlags;
 use rustix::fs::{accessat, fstat, memfd_create, openat2, Access, AtFlags, FileType, CWD};
 use rustix::fs::{fcntl_add_seals, MemfdFlags, Mode, OFlags, ResolveFlags, SealFlags};
 use rustix::io::Errno;
@@ -32,15 +33,15 @@ use rustix::mount::{open_tree, OpenTreeFlags};
 use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions};
 
 use super::cgroup::{Cgroup, CgroupError};
-use super::clone::{Child, ChildPlan, ParentEnds};
 use super::console::Console;
-use super::poll::poll;
 use super::proc::Stat;
 use super::process::Init;
 use super::runtime::Runtime;
 use super::spec::{InitSpec, Report, SEARCH_PATH};
 use crate::model::wire::Namespace;
 use crate::sys::beneath::fd_path;
+use crate::sys::clone::{Child, ChildPlan, ParentEnds};
+use crate::sys::poll::poll;
 
 /// The service binary, whose `main` starts with [`super::run_if_init`]: the init program.
 const SELF_EXE: &str = "/proc/self/exe";
@@ -428,7 +429,7 @@ fn place_and_release(
         .map_err(kernel("let the init go"))?;
     // Setting up takes milliseconds; an init stuck for longer (say, on a dead NFS server) is
     // killed rather than left to hold a thread of the service.
-    let answered = poll(report.as_fd(), libc::POLLIN, INIT_SETUP_TIMEOUT)
+    let answered = poll(report.as_fd(), PollFlags::IN, INIT_SETUP_TIMEOUT)
         .map_err(kernel("wait for the init's report"))?;
     if !answered {
         return Err(kernel("wait for the init to set up")(io::Error::from(

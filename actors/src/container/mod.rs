@@ -8,27 +8,26 @@
 //! - [`Runtime`] is what one engine's containers share (cgroup instance, reaper, launcher);
 //!   the engine makes one and passes it down.
 //!
-//! Internals: `clone` (the async-signal-safe child), `launcher` (the thread and mount namespace
+//! Internals (the kernel calls that need `unsafe`, such as the async-signal-safe clone child,
+//! are in [`crate::sys`]): `launcher` (the thread and mount namespace
 //! inits are cloned from), `spec` (the service/init protocol),
 //! `rootfs` (the container's mounts), `console` (a systemd container's `/dev/console`), `cgroup`,
-//! `proc` (`/proc/<pid>/stat`), `poll`, `reaper`, `runtime` (what one engine's containers share),
+//! `proc` (`/proc/<pid>/stat`), `reaper`, `runtime` (what one engine's containers share),
 //! `log` (the lifecycle lines, written off the event loop).
 
 pub mod actor;
 pub mod cgroup;
-mod clone;
 mod console;
 pub mod init;
 pub mod launch;
 mod launcher;
 mod log;
-mod poll;
 mod proc;
 pub mod process;
 mod reaper;
 mod rootfs;
 mod runtime;
-mod spec;
+pub(crate) mod spec;
 
 pub use cgroup::{Cgroup, CgroupError};
 pub use console::reattach_console;

@@ -6,15 +6,16 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions, WaitIdStatus};
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use rustix::process::{pidfd_send_signal, waitid, WaitId, WaitIdOptions, WaitIdStatus};
 
 use super::cgroup::{Cgroup, CgroupError};
-use super::clone::Child;
 use super::proc::Stat;
 use super::runtime::Runtime;
-use rustix::event::{PollFd, PollFlags, Timespec};
+use crate::sys::clone::Child;
+use crate::sys::poll::{poll, readable};
+use crate::sys::signal::signal_of;
+use rustix::event::PollFlags;
+use std::time::Duration;
 
 /// How an init ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,16 +175,7 @@ impl Init {
     /// Real-time signals are fine: systemd stops on SIGRTMIN+3. An init only receives the
     /// signals it has a handler for, SIGKILL aside (pid_namespaces(7)).
     pub fn signal(&self, signal: i32) -> io::Result<()> {
-        let named = Signal::from_named_raw(signal);
-        let signal = match named {
-            Some(signal) => signal,
-            None if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal) => {
-                // SAFETY: the number is in the real-time range the C library leaves to
-                // applications, so it is a valid signal and not one libc reserves.
-                unsafe { Signal::from_raw_unchecked(signal) }
-            }
-            None => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-        };
+        let signal = signal_of(signal).ok_or(io::Error::from_raw_os_error(libc::EINVAL))?;
         Ok(pidfd_send_signal(&self.pidfd, signal)?)
     }
 
@@ -222,14 +214,8 @@ impl Init {
     /// Resolves once the init has exited (its pidfd is readable), without reaping it: then
     /// [`Init::try_wait`], which reaps it and removes its cgroups, has its status.
     pub async fn exited(&self) -> io::Result<()> {
-        let pidfd = self.pidfd.try_clone()?;
-        // SAFETY: the AsyncFd owns this duplicate, which stays open and refers to the same
-        // pidfd until the AsyncFd is dropped.
-        let exited = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
-            .map_err(|error| error.into_parts().1)?;
         // A pidfd becomes readable when its process exits, and stays so.
-        exited.readable().await?.retain_ready();
-        Ok(())
+        readable(self.pidfd.try_clone()?).await
     }
 
     /// Reaps the init if it has exited, removing the container's cgroups; `None` while it runs.
@@ -242,8 +228,7 @@ impl Init {
             return Ok(*reaped);
         }
         if self.adopted {
-            let mut pidfd = [PollFd::new(&self.pidfd, PollFlags::IN)];
-            if rustix::event::poll(&mut pidfd, Some(&Timespec::default()))? == 0 {
+            if !poll(self.pidfd.as_fd(), PollFlags::IN, Duration::ZERO)? {
                 return Ok(None);
             }
             *reaped = Some(ExitStatus::Unknown);
