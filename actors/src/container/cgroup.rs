@@ -31,6 +31,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::process::{kill_process, Pid, Signal};
 
 use super::runtime::Runtime;
+use crate::sys::mountinfo::{self, MountEntry};
 use crate::sys::poll::poll;
 
 /// How long [`Cgroup::freeze`] waits for every task to stop before giving up and thawing.
@@ -96,10 +97,9 @@ impl ServiceCgroups {
     /// state store's instance name, so that a restarted service finds its containers' cgroups
     /// again.
     pub(crate) fn read(instance: &str) -> Result<ServiceCgroups, CgroupError> {
-        let mountinfo =
-            fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+        let mounts = mountinfo::read_own().map_err(CgroupError::Mountinfo)?;
         Ok(ServiceCgroups {
-            hierarchies: parse_mountinfo(&mountinfo),
+            hierarchies: find_hierarchies(&mounts),
             instance: instance.to_string(),
         })
     }
@@ -279,27 +279,18 @@ impl Cgroup {
 
 /// Finds the first cgroup2 mount and the first v1 mounts carrying the freezer controller and
 /// the `name=systemd` hierarchy.
-fn parse_mountinfo(mountinfo: &str) -> Hierarchies {
+fn find_hierarchies(mounts: &[MountEntry]) -> Hierarchies {
     let mut found = Hierarchies::default();
-    for line in mountinfo.lines() {
-        let Some((mount, fs)) = line.split_once(" - ") else {
-            continue;
-        };
-        let (Some(mountpoint), mut fs) = (mount.split(' ').nth(4), fs.split(' ')) else {
-            continue;
-        };
-        let dir = || Some(PathBuf::from(unescape(mountpoint)));
-        match (fs.next(), fs.nth(1)) {
-            (Some("cgroup2"), _) if found.unified.is_none() => found.unified = dir(),
-            (Some("cgroup"), Some(options)) => {
-                let options = options.split(',');
-                let (freezer, systemd) = options.fold((false, false), |(f, s), o| {
-                    (f || o == "freezer", s || o == "name=systemd")
-                });
-                if freezer && found.freezer.is_none() {
+    for mount in mounts {
+        let dir = || Some(mount.mount_point.clone());
+        let has = |option: &str| mount.super_options.iter().any(|o| o == option);
+        match mount.fs_type.as_str() {
+            "cgroup2" if found.unified.is_none() => found.unified = dir(),
+            "cgroup" => {
+                if has("freezer") && found.freezer.is_none() {
                     found.freezer = dir();
                 }
-                if systemd && found.systemd.is_none() {
+                if has("name=systemd") && found.systemd.is_none() {
                     found.systemd = dir();
                 }
             }
@@ -307,30 +298,6 @@ fn parse_mountinfo(mountinfo: &str) -> Hierarchies {
         }
     }
     found
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|digits| {
-            let text = std::str::from_utf8(digits).ok()?;
-            u8::from_str_radix(text, 8).ok()
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The `cgroup.procs` files of cgroup `dir` and of every cgroup below it.
@@ -537,7 +504,7 @@ mod tests {
 40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
 41 31 0:38 / /sys/fs/cgroup/uni\\040fied rw,relatime shared:5 - cgroup2 cgroup2 rw
 ";
-        let found = parse_mountinfo(mountinfo);
+        let found = find_hierarchies(&mountinfo::parse(mountinfo));
         assert_eq!(
             found.unified.as_deref(),
             Some(Path::new("/sys/fs/cgroup/uni fied"))
@@ -554,7 +521,9 @@ mod tests {
 
     #[test]
     fn finds_pure_v2() {
-        let found = parse_mountinfo("25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        let found = find_hierarchies(&mountinfo::parse(
+            "25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+        ));
         assert_eq!(found.unified.as_deref(), Some(Path::new("/sys/fs/cgroup")));
         assert!(found.freezer.is_none() && found.systemd.is_none());
     }

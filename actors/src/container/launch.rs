@@ -26,7 +26,7 @@ use linux_raw_sys::general::{
     CLONE_NEWUTS,
 };
 use rustix::event::PollFlags;
-use rustix::fs::{accessat, fstat, memfd_create, openat2, Access, AtFlags, FileType, CWD};
+use rustix::fs::{accessat, fstat, memfd_create, Access, AtFlags, FileType, CWD};
 use rustix::fs::{fcntl_add_seals, MemfdFlags, Mode, OFlags, ResolveFlags, SealFlags};
 use rustix::io::Errno;
 use rustix::mount::{open_tree, OpenTreeFlags};
@@ -34,14 +34,14 @@ use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions};
 
 use super::cgroup::{Cgroup, CgroupError};
 use super::console::Console;
-use super::proc::Stat;
 use super::process::Init;
 use super::runtime::Runtime;
 use super::spec::{InitSpec, Report, SEARCH_PATH};
 use crate::model::wire::Namespace;
-use crate::sys::beneath::fd_path;
+use crate::sys::beneath::{fd_path, open_resolved};
 use crate::sys::clone::{Child, ChildPlan, ParentEnds};
 use crate::sys::poll::poll;
+use crate::sys::proc::Stat;
 
 /// The service binary, whose `main` starts with [`super::run_if_init`]: the init program.
 const SELF_EXE: &str = "/proc/self/exe";
@@ -190,7 +190,7 @@ pub fn check_init(rootfs: &Path, argv0: &str) -> Result<(), LaunchError> {
 fn check_file(root: &OwnedFd, path: &str, shown: &str) -> Result<(), LaunchError> {
     let flags = OFlags::PATH | OFlags::CLOEXEC;
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
-    let file = match openat2(root, path, flags, Mode::empty(), resolve) {
+    let file = match open_resolved(root, path, flags, resolve) {
         Ok(file) => file,
         Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {
             return Err(LaunchError::InitNotFound {

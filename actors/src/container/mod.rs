@@ -12,7 +12,7 @@
 //! are in [`crate::sys`]): `launcher` (the thread and mount namespace
 //! inits are cloned from), `spec` (the service/init protocol),
 //! `rootfs` (the container's mounts), `console` (a systemd container's `/dev/console`), `cgroup`,
-//! `proc` (`/proc/<pid>/stat`), `reaper`, `runtime` (what one engine's containers share),
+//! `reaper`, `runtime` (what one engine's containers share),
 //! `log` (the lifecycle lines, written off the event loop).
 
 pub mod actor;
@@ -22,7 +22,6 @@ pub mod init;
 pub mod launch;
 mod launcher;
 mod log;
-mod proc;
 pub mod process;
 mod reaper;
 mod rootfs;

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use rustix::process::{pidfd_send_signal, waitid, WaitId, WaitIdOptions, WaitIdStatus};
 
 use super::cgroup::{Cgroup, CgroupError};
-use super::proc::Stat;
 use super::runtime::Runtime;
 use crate::sys::clone::Child;
 use crate::sys::poll::{poll, readable};
+use crate::sys::proc::Stat;
 use crate::sys::signal::signal_of;
 use rustix::event::PollFlags;
 use std::time::Duration;

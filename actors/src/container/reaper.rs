@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rustix::process::{getpid, set_child_subreaper, waitid, Pid, WaitId, WaitIdOptions};
 
 use super::cgroup::Cgroup;
-use super::proc::Stat;
+use crate::sys::proc::Stat;
 
 /// Errors starting the reaper.
 #[derive(Debug, thiserror::Error)]

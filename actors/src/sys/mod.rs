@@ -6,8 +6,10 @@ pub mod blockdev;
 pub(crate) mod clone;
 pub(crate) mod fd;
 pub mod loopdev;
+pub mod mountinfo;
 pub mod mounts;
 pub(crate) mod poll;
+pub(crate) mod proc;
 pub(crate) mod signal;
 pub(crate) mod tty;
 

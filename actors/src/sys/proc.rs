@@ -1,4 +1,4 @@
-//! The few fields of `/proc/<pid>/stat` the runtime needs.
+//! What the runtime reads of a process in `/proc`: a few fields of `stat`, and its cgroups.
 
 use std::fs;
 use std::io;
@@ -33,6 +33,35 @@ fn parse(line: &str) -> Option<Stat> {
     })
 }
 
+/// One line of `/proc/<pid>/cgroup`: a hierarchy the process is in, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Membership {
+    /// The hierarchy: `""` for cgroup2, else its v1 controllers or name (`freezer`,
+    /// `name=systemd`, `cpu,cpuacct`).
+    pub hierarchy: String,
+    /// The cgroup, below the hierarchy's root (as the reader's cgroup namespace shows it).
+    pub path: String,
+}
+
+/// The cgroups of the calling process.
+pub(crate) fn own_cgroups() -> io::Result<Vec<Membership>> {
+    Ok(parse_cgroups(&fs::read_to_string("/proc/self/cgroup")?))
+}
+
+/// Parses `/proc/<pid>/cgroup` (`id:hierarchy:path` lines; the path may contain `:`).
+fn parse_cgroups(text: &str) -> Vec<Membership> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, hierarchy, path) = (fields.next()?, fields.next()?, fields.next()?);
+            Some(Membership {
+                hierarchy: hierarchy.to_string(),
+                path: path.to_string(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,6 +77,23 @@ mod tests {
                 start_time: 987654
             })
         );
+    }
+
+    #[test]
+    fn parses_cgroup_lines() {
+        let text = "12:name=systemd:/imageapi/x-1/init.scope\n0::/a:b\n3:cpu,cpuacct:/\n";
+        let found = parse_cgroups(text);
+        assert_eq!(found.len(), 3);
+        assert_eq!(found[0].hierarchy, "name=systemd");
+        assert_eq!(found[0].path, "/imageapi/x-1/init.scope");
+        assert_eq!(
+            (found[1].hierarchy.as_str(), found[1].path.as_str()),
+            ("", "/a:b")
+        );
+        assert!(own_cgroups()
+            .unwrap()
+            .iter()
+            .any(|m| m.hierarchy.is_empty()));
     }
 
     #[test]
