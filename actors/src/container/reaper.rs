@@ -29,7 +29,6 @@
 //! gone stay zombies until another one starts or the process exits.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,7 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rustix::process::{getpid, set_child_subreaper, waitid, Pid, WaitId, WaitIdOptions};
 
 use super::cgroup::Cgroup;
-use crate::sys::proc::Stat;
+use crate::sys::proc::{own_children, Stat};
 
 /// Errors starting the reaper.
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +213,7 @@ fn reap() {
     let ours = nix::unistd::getsid(None).ok().map(nix::unistd::Pid::as_raw);
     loop {
         let mut reaped = 0;
-        for pid in children() {
+        for pid in own_children() {
             let owner = maps.iter().find_map(|children| children.get(&pid));
             let reapable = match owner {
                 Some(Owner::Supervised) => false,
@@ -257,21 +256,4 @@ fn reap_one(pid: i32) -> bool {
         }
         Ok(None) | Err(_) => false,
     }
-}
-
-/// The pids of the service's children, from every thread's `children` file.
-fn children() -> Vec<i32> {
-    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    let mut pids = Vec::new();
-    for task in tasks.flatten() {
-        if let Ok(list) = fs::read_to_string(task.path().join("children")) {
-            pids.extend(
-                list.split_whitespace()
-                    .filter_map(|pid| pid.parse::<i32>().ok()),
-            );
-        }
-    }
-    pids
 }

@@ -33,6 +33,24 @@ fn parse(line: &str) -> Option<Stat> {
     })
 }
 
+/// The pids of the calling process's children, from every thread's `children` file (a child
+/// belongs to the thread that made it). Entries may be missed while children exit meanwhile.
+pub(crate) fn own_children() -> Vec<i32> {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(list) = fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                list.split_whitespace()
+                    .filter_map(|pid| pid.parse::<i32>().ok()),
+            );
+        }
+    }
+    pids
+}
+
 /// One line of `/proc/<pid>/cgroup`: a hierarchy the process is in, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Membership {
