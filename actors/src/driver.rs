@@ -32,6 +32,8 @@ pub struct Host {
     pub mount_dir: PathBuf,
     /// The service's instance name, which tags its loop devices and names its cgroups.
     pub instance: Arc<str>,
+    /// This engine's loop device attaches take turns on it (see `sys::loopdev`).
+    pub loop_turn: crate::sys::loopdev::AttachTurn,
 }
 
 /// The wire type of one object kind (attachment or mount) and the fields every kind shares.

@@ -11,6 +11,7 @@ use crate::model::spec;
 use futures::FutureExt;
 
 use crate::blocking::{mailbox_gone, off_event_loop};
+use crate::container::Runtime;
 use crate::driver::{Host, Kinds};
 use crate::model::wire::{Attach, AttachKind, Container, ContainerState, Id, Mount, MountKind};
 pub use crate::registry::actor::Selector;
@@ -48,8 +49,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot become the reaper of orphaned processes: {0}")]
-    Reaper(#[from] crate::container::ReaperError),
+    #[error("cannot start the container runtime: {0}")]
+    Runtime(#[from] crate::container::RuntimeError),
     #[error("the engine's start was interrupted")]
     Interrupted,
 }
@@ -67,6 +68,8 @@ pub struct Engine {
     host: Arc<Host>,
     /// The kinds of attachment and mount this engine has drivers for.
     kinds: Arc<Kinds>,
+    /// What the engine's containers share: cgroups, reaper, launcher.
+    runtime: Arc<Runtime>,
 }
 
 impl Engine {
@@ -96,8 +99,6 @@ impl Engine {
             Ok(config)
         });
         let mut config = prepared.await.ok_or(StartError::Interrupted)??;
-        // Orphans re-parented to the service are reaped from the start, not from the first container.
-        crate::container::start_reaper()?;
         let (store, snapshot) = match config.state_dir.clone() {
             Some(dir) => {
                 let loading = kinds.clone();
@@ -115,16 +116,19 @@ impl Engine {
             Some(snapshot) => snapshot.instance.as_str().into(),
             None => uuid::Uuid::new_v4().simple().to_string().into(),
         };
-        crate::container::cgroup::set_instance(&instance);
+        // Orphans re-parented to the service are reaped from the start, not from the first
+        // container.
+        let runtime = Runtime::new(&instance)?;
         let host = Arc::new(Host {
             mount_dir: std::mem::take(&mut config.mount_dir),
             instance: instance.clone(),
+            loop_turn: Default::default(),
         });
         config.mount_dir = host.mount_dir.clone();
         let mut checked = match snapshot {
             Some(snapshot) => {
-                let (checking, on) = (kinds.clone(), host.clone());
-                off_event_loop(move || restore::check(snapshot, &checking, &on))
+                let (checking, on, restoring) = (kinds.clone(), host.clone(), runtime.clone());
+                off_event_loop(move || restore::check(snapshot, &checking, &on, &restoring))
                     .await
                     .ok_or(StartError::Interrupted)?
             }
@@ -135,10 +139,14 @@ impl Engine {
             },
         };
         let arbiter = Arbiter::new().handle();
-        let actors_host = host.clone();
+        let (actors_host, adopting) = (host.clone(), runtime.clone());
         let registry = Registry::start_in_arbiter(&arbiter, move |ctx: &mut Context<Registry>| {
-            let actors =
-                restore::start_actors(&mut checked, &actors_host, ctx.address().recipient());
+            let actors = restore::start_actors(
+                &mut checked,
+                &actors_host,
+                ctx.address().recipient(),
+                &adopting,
+            );
             let initial = Initial {
                 instance: checked.instance,
                 graph: checked.graph,
@@ -158,6 +166,7 @@ impl Engine {
             config: Arc::new(config),
             host,
             kinds,
+            runtime,
         })
     }
 
@@ -172,6 +181,7 @@ impl Engine {
         let registry = self.registry.clone();
         let host = self.host.clone();
         let log_dir = self.config.log_dir.clone();
+        let runtime = self.runtime.clone();
         let (answer, answered) = tokio::sync::oneshot::channel();
         let task = async move {
             let txn = registry.send(Begin).await.map_err(mailbox_gone)??;
@@ -180,6 +190,7 @@ impl Engine {
                 txn,
                 host,
                 log_dir,
+                runtime,
             };
             let built = build(&transaction).await;
             match built {

@@ -1,6 +1,8 @@
 //! The ImageAPI engine: a registry actor and one actor per attachment, mount and container, each
 //! owning its kernel resource. The HTTP layer lives in the service crate and only talks to [`Engine`].
 
+#![deny(unsafe_code)]
+
 pub mod attach;
 mod blocking;
 pub mod container;
@@ -13,6 +15,8 @@ pub mod object;
 pub mod registry;
 mod restore;
 pub mod store;
+// Every `unsafe` of the crate is in `sys`, behind safe wrappers.
+#[allow(unsafe_code)]
 pub mod sys;
 
 pub use engine::{Engine, EngineConfig, Selector, StartError};

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::container::process::Init;
-use crate::container::Cgroup;
+use crate::container::{Cgroup, Runtime};
 use crate::driver::{AdoptedResource, Erased, Host, KindRef, Kinds};
 use crate::model::wire::{ContainerState, Id};
 use crate::mount::scratch_of;
@@ -38,7 +38,7 @@ pub struct Checked {
 }
 
 /// Checks a stored snapshot against the kernel. Blocking: runs before the service serves.
-pub fn check(snapshot: Snapshot, kinds: &Kinds, host: &Host) -> Checked {
+pub fn check(snapshot: Snapshot, kinds: &Kinds, host: &Host, runtime: &Arc<Runtime>) -> Checked {
     let Snapshot {
         instance,
         mut graph,
@@ -55,7 +55,7 @@ pub fn check(snapshot: Snapshot, kinds: &Kinds, host: &Host) -> Checked {
         );
     }
     for removed in &unfinished {
-        if let Some(resource) = find(host, removed.id, &removed.record) {
+        if let Some(resource) = find(host, runtime, removed.id, &removed.record) {
             release(host, removed.id, resource);
         }
     }
@@ -65,7 +65,7 @@ pub fn check(snapshot: Snapshot, kinds: &Kinds, host: &Host) -> Checked {
     let mut gone = Vec::new();
     for id in ids {
         let Some(node) = graph.get(id) else { continue };
-        match find(host, id, &node.record) {
+        match find(host, runtime, id, &node.record) {
             Some(resource) => {
                 adopted.insert(id, resource);
             }
@@ -132,7 +132,7 @@ pub fn check(snapshot: Snapshot, kinds: &Kinds, host: &Host) -> Checked {
             .collect();
         kind.sweep(host, &held);
     }
-    clean_unclaimed_cgroups(&adopted);
+    clean_unclaimed_cgroups(&adopted, runtime);
     clean_unclaimed_mountpoints(&host.mount_dir, &graph);
     info!(
         objects = adopted.len(),
@@ -146,7 +146,7 @@ pub fn check(snapshot: Snapshot, kinds: &Kinds, host: &Host) -> Checked {
 }
 
 /// The kernel resource of a stored object, if it is still there.
-fn find(host: &Host, id: Id, record: &Record) -> Option<Adopted> {
+fn find(host: &Host, runtime: &Arc<Runtime>, id: Id, record: &Record) -> Option<Adopted> {
     match record {
         Record::Attach(object) | Record::Mount(object) => {
             let facts = object.facts.as_ref()?;
@@ -158,7 +158,7 @@ fn find(host: &Host, id: Id, record: &Record) -> Option<Adopted> {
             ))
         }
         Record::Container(container) => match container.init {
-            Some(init) => match Init::adopt(id, init.pid, init.start_time) {
+            Some(init) => match Init::adopt(runtime, id, init.pid, init.start_time) {
                 Ok(init) => Some(Adopted::Container(init)),
                 Err(err) => {
                     warn!(id, error = %err, "cannot take up the container's init again");
@@ -190,15 +190,8 @@ fn release(host: &Host, id: Id, resource: Adopted) {
 /// The cgroups of this service whose container has no adopted init (it died, the container was
 /// deleted, or a crash came before its start was recorded): whatever still runs in them is
 /// killed, and they are removed.
-fn clean_unclaimed_cgroups(adopted: &BTreeMap<Id, Adopted>) {
-    let ids = match Cgroup::ids_on_host() {
-        Ok(ids) => ids,
-        Err(err) => {
-            warn!(error = %err, "cannot look for the containers' cgroups");
-            return;
-        }
-    };
-    for id in ids {
+fn clean_unclaimed_cgroups(adopted: &BTreeMap<Id, Adopted>, runtime: &Runtime) {
+    for id in Cgroup::ids_on_host(runtime) {
         if matches!(adopted.get(&id), Some(Adopted::Container(Some(_)))) {
             continue;
         }
@@ -206,8 +199,7 @@ fn clean_unclaimed_cgroups(adopted: &BTreeMap<Id, Adopted>) {
             id,
             "cgroup of a container with no adopted init: killing what runs in it"
         );
-        let removed = Cgroup::left_by(id).and_then(|cgroup| cgroup.kill_and_remove());
-        if let Err(err) = removed {
+        if let Err(err) = Cgroup::left_by(runtime, id).kill_and_remove() {
             warn!(id, error = %err, "cannot remove the cgroup");
         }
     }
@@ -252,6 +244,7 @@ pub fn start_actors(
     checked: &mut Checked,
     host: &Arc<Host>,
     registry: actix::Recipient<crate::container::actor::StateChanged>,
+    runtime: &Arc<Runtime>,
 ) -> HashMap<Id, ObjectAddr> {
     use crate::container::actor::{ContainerActor, ContainerPlan};
 
@@ -288,6 +281,7 @@ pub fn start_actors(
                     init,
                     mount,
                     registry.clone(),
+                    runtime.clone(),
                 ))
             }
             (Adopted::Container(_), _) => continue,

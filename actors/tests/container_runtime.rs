@@ -14,11 +14,11 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actors::container::{
-    cgroup, check_init, launch, run_if_init, start_reaper, ExitStatus, Init, InitConfig,
-    LaunchError,
+    check_init, launch, run_if_init, ExitStatus, Init, InitConfig, LaunchError, Runtime,
 };
 use actors::model::wire::Namespace;
 use tempfile::TempDir;
@@ -86,6 +86,10 @@ const TESTS: &[Test] = &[
     (
         "inits_are_cloned_from_a_namespace_without_the_hosts_mounts",
         inits_are_cloned_from_a_namespace_without_the_hosts_mounts,
+    ),
+    (
+        "two_runtimes_in_one_process_keep_apart",
+        two_runtimes_in_one_process_keep_apart,
     ),
 ];
 
@@ -216,6 +220,12 @@ impl Image {
     }
 }
 
+/// The runtime most tests launch into, as a service's engine would make it.
+fn runtime() -> &'static Arc<Runtime> {
+    static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
+    RUNTIME.get_or_init(|| Runtime::new(&format!("test{}", std::process::id())).unwrap())
+}
+
 /// Container ids that cannot clash with a running service's (which start at 1).
 fn next_id() -> i64 {
     static NEXT: AtomicI64 = AtomicI64::new(0);
@@ -240,7 +250,7 @@ fn wait(init: &Init) -> ExitStatus {
 
 /// Runs `script` to completion and returns its status and the log.
 fn run(image: &Image, script: &str, extra: &[Namespace]) -> (ExitStatus, String) {
-    let init = launch(image.config(script, extra)).unwrap();
+    let init = launch(runtime(), image.config(script, extra)).unwrap();
     let status = wait(&init);
     (status, image.log())
 }
@@ -362,7 +372,7 @@ fn stdout_and_stderr_go_to_the_log() {
 
 fn exit_codes_and_sigkill() {
     let image = Image::new();
-    let init = launch(image.config_argv(&["true"], &[])).unwrap();
+    let init = launch(runtime(), image.config_argv(&["true"], &[])).unwrap();
     let status = wait(&init);
     assert_eq!(status, ExitStatus::Exited(0));
     assert!(status.success());
@@ -370,7 +380,7 @@ fn exit_codes_and_sigkill() {
 
     assert_eq!(run(&image, "exit 3", &[]).0, ExitStatus::Exited(3));
 
-    let init = launch(image.config_argv(&["sleep", "100"], &[])).unwrap();
+    let init = launch(runtime(), image.config_argv(&["sleep", "100"], &[])).unwrap();
     assert!(init.start_time() > 0);
     assert_eq!(init.try_wait().unwrap(), None);
     init.kill().unwrap();
@@ -384,7 +394,7 @@ fn exit_codes_and_sigkill() {
 fn sigterm_reaches_a_trap_only() {
     let image = Image::new();
     // PID 1 of a namespace gets only the signals it handles: SIGTERM does nothing to sleep.
-    let init = launch(image.config_argv(&["sleep", "100"], &[])).unwrap();
+    let init = launch(runtime(), image.config_argv(&["sleep", "100"], &[])).unwrap();
     init.signal(libc::SIGTERM).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
@@ -396,7 +406,7 @@ fn sigterm_reaches_a_trap_only() {
     assert_eq!(wait(&init), ExitStatus::Signaled(9));
 
     let script = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done";
-    let init = launch(image.config(script, &[])).unwrap();
+    let init = launch(runtime(), image.config(script, &[])).unwrap();
     assert!(until(|| image.log().contains("ready")));
     init.signal(libc::SIGTERM).unwrap();
     assert_eq!(wait(&init), ExitStatus::Exited(7));
@@ -405,7 +415,7 @@ fn sigterm_reaches_a_trap_only() {
     // A real-time signal (systemd's SIGRTMIN+3) is accepted, and delivered to a handler.
     let script = "trap 'exit 5' RTMIN+3 2>/dev/null || trap 'exit 5' 37; echo rt-ready; \
                   while :; do sleep 0.05; done";
-    let init = launch(image.config(script, &[])).unwrap();
+    let init = launch(runtime(), image.config(script, &[])).unwrap();
     assert!(until(|| image.log().contains("rt-ready")));
     init.signal(libc::SIGRTMIN() + 3).unwrap();
     assert_eq!(wait(&init), ExitStatus::Exited(5));
@@ -446,22 +456,25 @@ fn launch_rejects_a_missing_init() {
     let image = Image::new();
     let config = image.config_argv(&["/sbin/nothing"], &[]);
     let id = config.id;
-    let error = launch(config).unwrap_err();
+    let error = launch(runtime(), config).unwrap_err();
     assert!(matches!(error, LaunchError::InitNotFound { .. }), "{error}");
     assert!(error.is_rejection());
     assert!(!Path::new(&format!(
         "/sys/fs/cgroup/unified/imageapi/{}",
-        cgroup::dir_name(id)
+        runtime().cgroup_name(id)
     ))
     .exists());
 
     let mut config = image.config_argv(&["/bin/sh"], &[]);
     config.argv.push("nul\0byte".into());
-    assert!(matches!(launch(config), Err(LaunchError::Invalid(_))));
+    assert!(matches!(
+        launch(runtime(), config),
+        Err(LaunchError::Invalid(_))
+    ));
 
     let mut config = image.config_argv(&["/bin/sh"], &[Namespace::User]);
     config.systemd = true;
-    let error = launch(config).unwrap_err();
+    let error = launch(runtime(), config).unwrap_err();
     assert!(matches!(error, LaunchError::Invalid(_)), "{error}");
     assert!(error.is_rejection());
 }
@@ -473,7 +486,7 @@ fn init_failure_is_reported() {
     fs::write(image.root().join("dev"), "").unwrap();
     let config = image.config("true", &[]);
     let id = config.id;
-    let error = launch(config).unwrap_err();
+    let error = launch(runtime(), config).unwrap_err();
     match &error {
         LaunchError::Init {
             step,
@@ -489,7 +502,7 @@ fn init_failure_is_reported() {
     assert!(!error.is_rejection());
     assert!(!Path::new(&format!(
         "/sys/fs/cgroup/unified/imageapi/{}",
-        cgroup::dir_name(id)
+        runtime().cgroup_name(id)
     ))
     .exists());
     assert!(eventually(zombie_children).is_empty());
@@ -498,7 +511,7 @@ fn init_failure_is_reported() {
 fn freeze_stops_progress_and_thaw_resumes() {
     let image = Image::new();
     let script = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done";
-    let init = launch(image.config(script, &[])).unwrap();
+    let init = launch(runtime(), image.config(script, &[])).unwrap();
     let count = || -> u64 {
         fs::read_to_string(image.root().join("tmp/count"))
             .ok()
@@ -523,7 +536,7 @@ fn freeze_stops_progress_and_thaw_resumes() {
 
 fn cgroups_hold_the_init_and_go_away() {
     let image = Image::new();
-    let init = launch(image.config_argv(&["sleep", "100"], &[])).unwrap();
+    let init = launch(runtime(), image.config_argv(&["sleep", "100"], &[])).unwrap();
     let dirs: Vec<PathBuf> = init.cgroup().dirs().map(Path::to_path_buf).collect();
     assert!(!dirs.is_empty());
     let cgroup2 = if unified_only_host() {
@@ -534,7 +547,7 @@ fn cgroups_hold_the_init_and_go_away() {
     assert!(dirs.iter().any(|d| d.starts_with(cgroup2)), "{dirs:?}");
     for dir in &dirs {
         assert!(
-            dir.ends_with(format!("imageapi/{}", cgroup::dir_name(init.id()))),
+            dir.ends_with(format!("imageapi/{}", runtime().cgroup_name(init.id()))),
             "{dir:?}"
         );
         let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap();
@@ -614,7 +627,7 @@ fn systemd_mounts(extra: &[Namespace]) {
     };
     let mut config = image.config(script, extra);
     config.systemd = true;
-    let init = launch(config).unwrap();
+    let init = launch(runtime(), config).unwrap();
     let dirs: Vec<PathBuf> = init.cgroup().dirs().map(Path::to_path_buf).collect();
     assert_eq!(
         dirs.iter().any(|d| d.starts_with("/sys/fs/cgroup/systemd")),
@@ -655,7 +668,7 @@ fn twenty_inits_at_once() {
         let launches: Vec<_> = (0..20)
             .map(|_| {
                 let config = image.config_argv(&["sleep", "100"], &[]);
-                scope.spawn(move || launch(config))
+                scope.spawn(move || launch(runtime(), config))
             })
             .collect();
         launches
@@ -676,7 +689,7 @@ fn twenty_inits_at_once() {
 
 fn dropping_an_init_kills_and_cleans_up() {
     let image = Image::new();
-    let init = launch(image.config_argv(&["sleep", "100"], &[])).unwrap();
+    let init = launch(runtime(), image.config_argv(&["sleep", "100"], &[])).unwrap();
     let pid = init.pid();
     let dirs: Vec<PathBuf> = init.cgroup().dirs().map(Path::to_path_buf).collect();
     drop(init);
@@ -691,7 +704,7 @@ fn dropping_an_init_kills_and_cleans_up() {
 }
 
 fn orphans_are_reaped_and_own_children_are_not() {
-    start_reaper().unwrap();
+    runtime();
     // A daemon that detaches (setsid) from a helper that exits is re-parented to the service.
     let helper = Command::new("/usr/bin/busybox")
         .args([
@@ -805,7 +818,7 @@ fn inits_are_cloned_from_a_namespace_without_the_hosts_mounts() {
 
     // The init's copy of the image is a slave: its mounts never show on the host, also where
     // the host's mounts are shared (tests/run.sh runs this suite that way too).
-    let init = launch(image.config_argv(&["sleep", "100"], &[])).unwrap();
+    let init = launch(runtime(), image.config_argv(&["sleep", "100"], &[])).unwrap();
     let root = image.root().to_string_lossy().to_string();
     let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let leaked: Vec<&str> = host_mounts
@@ -821,5 +834,115 @@ fn inits_are_cloned_from_a_namespace_without_the_hosts_mounts() {
     assert!(
         leaked.is_empty(),
         "the container's mounts reached the host: {leaked:?}"
+    );
+}
+
+/// The `imageapi` directories of every hierarchy (`/sys/fs/cgroup` itself on a host with
+/// cgroup2 alone, its sub-directories on a hybrid one), whether they exist or not.
+fn imageapi_dirs() -> Vec<PathBuf> {
+    let mut parents: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|hierarchy| hierarchy.path().join("imageapi"))
+        .collect();
+    parents.push(PathBuf::from("/sys/fs/cgroup/imageapi"));
+    parents
+}
+
+/// The cgroup directories of runtime instance `instance`, in any hierarchy.
+fn cgroups_of(instance: &str) -> Vec<PathBuf> {
+    let prefix = format!("{instance}-");
+    imageapi_dirs()
+        .iter()
+        .flat_map(|parent| fs::read_dir(parent).into_iter().flatten().flatten())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|entry| entry.path())
+        .collect()
+}
+
+/// The `imageapi` directories that hold no cgroup: made by a service and not removed with its
+/// last container. (Another process may be about to fill one it just made, so a caller asks
+/// again a moment later before taking it for a leftover.)
+fn empty_parents() -> Vec<PathBuf> {
+    imageapi_dirs()
+        .into_iter()
+        .filter(|parent| {
+            fs::read_dir(parent).is_ok_and(|entries| {
+                !entries
+                    .flatten()
+                    .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            })
+        })
+        .collect()
+}
+
+fn two_runtimes_in_one_process_keep_apart() {
+    let image = Image::new();
+    let instances = [
+        format!("twoa{}", std::process::id()),
+        format!("twob{}", std::process::id()),
+    ];
+    let runtimes = instances
+        .each_ref()
+        .map(|instance| Runtime::new(instance).unwrap());
+    // Each exits on its own with a code of its own, while the other runtime's reaper, woken by
+    // the same SIGCHLD, scans the same children.
+    let inits = [(&runtimes[0], 3), (&runtimes[1], 4)].map(|(runtime, code)| {
+        let script = format!("sleep 0.{code}; exit {code}");
+        launch(runtime, image.config(&script, &[])).unwrap()
+    });
+    for ((init, runtime), instance) in inits.iter().zip(&runtimes).zip(&instances) {
+        let name = runtime.cgroup_name(init.id());
+        assert!(name.starts_with(&format!("{instance}-")), "{name}");
+        let dirs: Vec<PathBuf> = init.cgroup().dirs().map(Path::to_path_buf).collect();
+        assert!(!dirs.is_empty());
+        for dir in &dirs {
+            assert!(dir.ends_with(format!("imageapi/{name}")), "{dir:?}");
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+            assert!(
+                lines(&procs).contains(&init.pid().to_string().as_str()),
+                "{dir:?}"
+            );
+        }
+        let others: Vec<PathBuf> = instances
+            .iter()
+            .filter(|other| *other != instance)
+            .flat_map(|other| cgroups_of(other))
+            .collect();
+        assert!(
+            others.iter().all(|other| !dirs.contains(other)),
+            "{dirs:?} {others:?}"
+        );
+    }
+    assert_eq!(wait(&inits[0]), ExitStatus::Exited(3));
+    assert_eq!(wait(&inits[1]), ExitStatus::Exited(4));
+    drop(inits);
+
+    // One runtime gone, the other goes on; an init dropped unreaped goes to its own runtime's
+    // reaper, which outlives the runtime until it has reaped it.
+    let [first, second] = runtimes;
+    let dropped = launch(&first, image.config_argv(&["sleep", "100"], &[])).unwrap();
+    let dropped_pid = dropped.pid();
+    drop(dropped);
+    drop(first);
+    let init = launch(&second, image.config("exit 5", &[])).unwrap();
+    assert_eq!(wait(&init), ExitStatus::Exited(5));
+    drop(init);
+    drop(second);
+    assert!(
+        until(|| !Path::new(&format!("/proc/{dropped_pid}")).exists()),
+        "the init dropped with its runtime is reaped"
+    );
+    for instance in &instances {
+        assert!(
+            until(|| cgroups_of(instance).is_empty()),
+            "cgroups of {instance} left: {:?}",
+            cgroups_of(instance)
+        );
+    }
+    assert!(
+        until(|| empty_parents().is_empty()),
+        "empty imageapi directories left: {:?}",
+        empty_parents()
     );
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use actors::sys::beneath::{fd_path, open_beneath, BeneathError};
 use actors::sys::blockdev::{check_block_device, BlockDeviceError};
-use actors::sys::loopdev::{backing_file, LoopDevice};
+use actors::sys::loopdev::{backing_file, AttachTurn, LoopDevice};
 use actors::sys::mounts::{
     bind, is_mountpoint, mount_filesystem, overlay, parse_mount_options, unmount, MountOptions,
 };
@@ -23,13 +23,16 @@ use nix::mount::{umount2, MntFlags};
 use rustix::fs::OFlags;
 use tempfile::TempDir;
 
+/// The tests' attaches take turns on this one, as an engine's do on its own.
+static TURN: AttachTurn = AttachTurn::new();
+
 /// A loop device that is detached when the test ends, however it ends.
 struct Loop(Option<LoopDevice>);
 
 impl Loop {
     fn attach(backing: &File, read_only: bool, partscan: bool) -> Loop {
         Loop(Some(
-            LoopDevice::attach(backing, read_only, partscan).expect("attach"),
+            LoopDevice::attach(backing, read_only, partscan, &TURN).expect("attach"),
         ))
     }
 
@@ -207,7 +210,7 @@ fn parallel_attaches_get_distinct_devices() {
             let barrier = Arc::clone(&barrier);
             std::thread::spawn(move || {
                 barrier.wait();
-                let dev = LoopDevice::attach(&file, false, false).map(|dev| Loop(Some(dev)));
+                let dev = LoopDevice::attach(&file, false, false, &TURN).map(|dev| Loop(Some(dev)));
                 (image, dev)
             })
         })

@@ -861,7 +861,7 @@ fn floor_cycle(
 
     let start = Instant::now();
     let file = File::open(image).context("opening the image")?;
-    let device = LoopDevice::attach(&file, true, false)?;
+    let device = LoopDevice::attach(&file, true, false, &ATTACH_TURN)?;
     drop(file);
     let device_path = device.path().to_owned();
     cycle.device = Some(device);
@@ -883,8 +883,11 @@ fn floor_cycle(
     let overlaid = Instant::now();
 
     let log = open_log(log_path)?;
-    let init =
-        launch(init_config(i as i64, root, "/bin/true", log)).context("launching the init")?;
+    let init = launch(
+        container_runtime(),
+        init_config(i as i64, root, "/bin/true", log),
+    )
+    .context("launching the init")?;
     let launched = Instant::now();
 
     // The timer must be made inside the runtime.
@@ -1012,7 +1015,9 @@ fn floor_many(
         device: None,
     };
     let file = File::open(image).context("opening the image")?;
-    let device = guard.device.insert(LoopDevice::attach(&file, true, false)?);
+    let device = guard
+        .device
+        .insert(LoopDevice::attach(&file, true, false, &ATTACH_TURN)?);
     let device_path = device.path().to_owned();
     let lower = dir.join("lower");
     fs::create_dir(&lower)?;
@@ -1033,12 +1038,10 @@ fn floor_many(
         overlay(std::slice::from_ref(&lower), &upper, &workdir, &root)?;
         guard.overlays.push(root.clone());
         let command = "/bin/busybox sleep 1000";
-        let init = launch(init_config(
-            500_000 + k as i64,
-            root,
-            command,
-            open_log(&log_path)?,
-        ))
+        let init = launch(
+            container_runtime(),
+            init_config(500_000 + k as i64, root, command, open_log(&log_path)?),
+        )
         .with_context(|| format!("launching container {k}"))?;
         creates.push(start.elapsed());
         guard.inits.push(init);
@@ -1736,6 +1739,19 @@ fn cgroup_dirs() -> BTreeSet<PathBuf> {
         .collect()
 }
 
+/// The in-process containers' runtime, made at the first launch, as an engine makes its own.
+fn container_runtime() -> &'static std::sync::Arc<actors::container::Runtime> {
+    static RUNTIME: std::sync::OnceLock<std::sync::Arc<actors::container::Runtime>> =
+        std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        actors::container::Runtime::new(&format!("bench{}", std::process::id()))
+            .expect("starting the container runtime")
+    })
+}
+
+/// The in-process loop attaches take turns on this, as an engine's do on its own.
+static ATTACH_TURN: actors::sys::loopdev::AttachTurn = actors::sys::loopdev::AttachTurn::new();
+
 /// The cgroups of this run's in-process containers still present in any hierarchy.
 fn floor_cgroups_left() -> Vec<String> {
     let first = init_config_id(0);
@@ -1749,7 +1765,7 @@ fn floor_cgroups_left() -> Vec<String> {
                 .and_then(|id| id.parse::<i64>().ok());
             id.is_some_and(|id| {
                 (first..first + 1_000_000).contains(&id)
-                    && name == actors::container::cgroup::dir_name(id)
+                    && name == container_runtime().cgroup_name(id)
             })
         })
         .map(|dir| dir.display().to_string())

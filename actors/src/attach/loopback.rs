@@ -16,7 +16,7 @@ use crate::model::wire::{Attach, AttachKind, AttachLoopback, Base, Id};
 use crate::registry::graph::ObjectKind;
 use crate::sys::beneath::{fd_path, open_beneath, BeneathError};
 use crate::sys::errno_of_io;
-use crate::sys::loopdev::{self, LoopDevice};
+use crate::sys::loopdev::{self, AttachTurn, LoopDevice};
 
 const LOOPBACK: Origin = Origin::new(ObjectKind::Attach, "loopback");
 
@@ -85,7 +85,13 @@ impl Driver for Loopback {
     ) -> Result<(LoopDevice, LoopbackFacts), Error> {
         let base = deps.first().map(|base| base.path.as_path());
         let tag = loop_tag(&host.instance, id);
-        let (device, backing_file) = attach(base, &spec.path, spec.read_partitions, &tag)?;
+        let (device, backing_file) = attach(
+            base,
+            &spec.path,
+            spec.read_partitions,
+            &tag,
+            &host.loop_turn,
+        )?;
         info!(id, device = %device.path().display(), "loop device attached");
         let facts = LoopbackFacts {
             number: device.number(),
@@ -161,6 +167,7 @@ fn attach(
     path: &str,
     read_partitions: bool,
     tag: &str,
+    turn: &AttachTurn,
 ) -> Result<(LoopDevice, PathBuf), Error> {
     let (file, read_only) = open_image(base, path)?;
     let metadata = file
@@ -176,7 +183,7 @@ fn attach(
         };
         return Err(Error::rejected(LOOPBACK, format!("{path} is {found}")));
     }
-    let device = LoopDevice::attach_tagged(&file, read_only, read_partitions, tag)
+    let device = LoopDevice::attach_tagged(&file, read_only, read_partitions, tag, turn)
         .map_err(Error::kernel(LOOPBACK))?;
     // As sysfs shows it; failing that, as the kernel names the open file (the same path).
     let backing_file = loopdev::backing_file(device.number())

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +11,9 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 use super::launch::{self, InitConfig, LaunchError};
+use super::log::ContainerLog;
 use super::process::{ExitStatus, Init};
+use super::runtime::Runtime;
 use crate::blocking::off_event_loop;
 use crate::error::{Error, Origin};
 use crate::model::lifecycle::{self, Action, Step};
@@ -49,6 +50,7 @@ pub struct StateChanged {
 }
 
 /// What a container runs, fixed at create.
+#[derive(Clone)]
 pub struct ContainerPlan {
     pub rootfs: PathBuf,
     pub argv: Vec<String>,
@@ -103,6 +105,10 @@ pub struct ContainerActor {
     on_exit: Vec<tokio::sync::oneshot::Sender<()>>,
     /// Agreed to go (see [`Retire`]): takes no more state changes.
     retired: bool,
+    /// The engine's container runtime, which the init is launched into.
+    runtime: Arc<Runtime>,
+    /// The lifecycle lines' writer.
+    log: ContainerLog,
 }
 
 impl ContainerActor {
@@ -111,9 +117,10 @@ impl ContainerActor {
         plan: ContainerPlan,
         mount: ObjectAddr,
         registry: Recipient<StateChanged>,
+        runtime: Arc<Runtime>,
     ) -> Addr<Self> {
         let created = (ContainerState::Created, None);
-        Self::run(id, plan, created, mount, registry, "created")
+        Self::run(id, plan, created, (mount, registry, runtime), "created")
     }
 
     /// The actor of a container found again after a restart of the service, in the state the
@@ -125,19 +132,20 @@ impl ContainerActor {
         init: Option<Init>,
         mount: ObjectAddr,
         registry: Recipient<StateChanged>,
+        runtime: Arc<Runtime>,
     ) -> Addr<Self> {
         let line = "adopted by a new start of the service";
-        Self::run(id, plan, (state, init), mount, registry, line)
+        Self::run(id, plan, (state, init), (mount, registry, runtime), line)
     }
 
     fn run(
         id: Id,
         plan: ContainerPlan,
         (state, init): (ContainerState, Option<Init>),
-        mount: ObjectAddr,
-        registry: Recipient<StateChanged>,
+        (mount, registry, runtime): (ObjectAddr, Recipient<StateChanged>, Arc<Runtime>),
         line: &str,
     ) -> Addr<Self> {
+        let log = ContainerLog::start(id, plan.logfile.clone());
         let actor = ContainerActor {
             id,
             plan,
@@ -149,21 +157,35 @@ impl ContainerActor {
             _mount: mount,
             on_exit: Vec::new(),
             retired: false,
+            runtime,
+            log,
         };
         actor.log_line(line);
         actor.start()
     }
 
-    /// Appends a lifecycle line to the container's log, next to the init's own output.
+    /// Appends a lifecycle line to the container's log, next to the init's own output (off the
+    /// event loop, in order).
     fn log_line(&self, line: &str) {
-        let written = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.plan.logfile)
-            .and_then(|mut log| writeln!(log, "[imageapi] container {}: {line}", self.id));
-        if let Err(err) = written {
-            warn!(id = self.id, error = %err, "cannot write the container log");
-        }
+        self.log.line(line);
+    }
+
+    /// Appends the line that says how the init ended, and only then moves to `state`: once the
+    /// state reads exited or dead, the line is in the log. The actor handles nothing else
+    /// meanwhile.
+    fn end_with(
+        &mut self,
+        line: String,
+        (state, code): (ContainerState, Option<i64>),
+        ctx: &mut Context<Self>,
+    ) {
+        let written = self.log.written(line);
+        ctx.wait(written.into_actor(self).map(move |(), actor, _| {
+            actor.set_state(state, code);
+            for waiter in actor.on_exit.drain(..) {
+                let _ = waiter.send(());
+            }
+        }));
     }
 
     fn set_state(&mut self, state: ContainerState, exit_code: Option<i64>) {
@@ -179,41 +201,48 @@ impl ContainerActor {
         });
     }
 
-    fn init_config(&self) -> std::io::Result<InitConfig> {
+    /// The init's configuration, with the console log opened (a file operation: call it off
+    /// the event loop).
+    fn init_config(id: Id, plan: &ContainerPlan) -> Result<InitConfig, Error> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&self.plan.logfile)?;
+            .open(&plan.logfile)
+            .map_err(|err| Error::Kernel {
+                origin: LAUNCH,
+                source: SysError {
+                    op: format!("open {}", plan.logfile.display()),
+                    errno: errno_of_io(&err),
+                },
+            })?;
         Ok(InitConfig {
-            id: self.id,
-            rootfs: self.plan.rootfs.clone(),
-            argv: self.plan.argv.clone(),
+            id,
+            rootfs: plan.rootfs.clone(),
+            argv: plan.argv.clone(),
             env: INIT_ENV.iter().map(|v| v.to_string()).collect(),
-            hostname: self.plan.hostname.clone(),
-            namespaces: self.plan.namespaces.clone(),
-            systemd: self.plan.systemd,
+            hostname: plan.hostname.clone(),
+            namespaces: plan.namespaces.clone(),
+            systemd: plan.systemd,
             log,
         })
     }
 
     fn launch(&mut self) -> ResponseActFuture<Self, Result<ContainerState, Error>> {
-        let config = match self.init_config() {
-            Ok(config) => config,
-            Err(err) => {
-                let source = SysError {
-                    op: format!("open {}", self.plan.logfile.display()),
-                    errno: errno_of_io(&err),
-                };
-                return Box::pin(fut::ready(Err(Error::Kernel {
-                    origin: LAUNCH,
-                    source,
-                })));
-            }
-        };
-        let launched = off_event_loop(move || launch::launch(config));
-        Box::pin(launched.into_actor(self).map(|joined, actor, ctx| {
-            let Some(launched) = joined else {
-                return Err(Error::ShuttingDown);
+        let runtime = self.runtime.clone();
+        let (id, plan) = (self.id, self.plan.clone());
+        let launched = off_event_loop(move || {
+            let config = Self::init_config(id, &plan)?;
+            Ok(launch::launch(&runtime, config))
+        });
+        Box::pin(launched.into_actor(self).then(|joined, actor, ctx| {
+            let launched = match joined {
+                None => Err(Error::ShuttingDown),
+                Some(Err(err)) => Err(err),
+                Some(Ok(launched)) => Ok(launched),
+            };
+            let launched = match launched {
+                Ok(launched) => launched,
+                Err(err) => return Box::pin(fut::ready(Err(err))) as ResponseActFuture<_, _>,
             };
             match launched {
                 Ok(init) => {
@@ -229,12 +258,15 @@ impl ContainerActor {
                     actor.set_state(ContainerState::Running, None);
                     actor.launches += 1;
                     actor.watch(init, ctx);
-                    Ok(ContainerState::Running)
+                    Box::pin(fut::ready(Ok(ContainerState::Running)))
                 }
                 Err(err) => {
-                    actor.log_line(&format!("failed to start: {err}"));
-                    actor.set_state(ContainerState::Dead, None);
-                    Err(launch_error(err))
+                    // As for an init that ended: dead only once the log says why.
+                    let written = actor.log.written(format!("failed to start: {err}"));
+                    Box::pin(written.into_actor(actor).map(move |(), actor, _| {
+                        actor.set_state(ContainerState::Dead, None);
+                        Err(launch_error(err))
+                    }))
                 }
             }
         }))
@@ -262,11 +294,11 @@ impl ContainerActor {
         ctx.spawn(
             ended
                 .into_actor(self)
-                .map(|status, actor, _| actor.exited(status)),
+                .map(|status, actor, ctx| actor.exited(status, ctx)),
         );
     }
 
-    fn exited(&mut self, status: std::io::Result<ExitStatus>) {
+    fn exited(&mut self, status: std::io::Result<ExitStatus>, ctx: &mut Context<Self>) {
         let status = status.unwrap_or_else(|err| {
             // Only a broken pidfd gets here; the init is gone from the service's point of view.
             warn!(id = self.id, error = %err, "cannot wait for the init");
@@ -312,17 +344,13 @@ impl ContainerActor {
             ),
         };
         self.init = None;
-        self.log_line(text.as_str());
         info!(
             id = self.id,
             state = state.as_str(),
             code,
             "container init ended"
         );
-        self.set_state(state, code);
-        for waiter in self.on_exit.drain(..) {
-            let _ = waiter.send(());
-        }
+        self.end_with(text, (state, code), ctx);
     }
 
     fn signal(&self, signal: i32) -> Result<(), Error> {
@@ -334,18 +362,20 @@ impl ContainerActor {
         }
     }
 
-    fn request_stop(&mut self, ctx: &mut Context<Self>) -> Result<(), Error> {
+    /// Signals the init to stop (thawing a paused one, off the event loop, so that it gets the
+    /// signal) and arms the stop timer; answers `stopping`.
+    fn request_stop(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<ContainerState, Error>> {
         self.stop_requested = true;
         self.log_line(&format!(
             "stop requested ({})",
             signal_name(self.plan.stop.signal)
         ));
-        self.signal(self.plan.stop.signal)?;
-        if self.state == ContainerState::Paused {
-            // A frozen init only gets the signal once thawed.
-            self.thaw()?;
+        if let Err(err) = self.signal(self.plan.stop.signal) {
+            return Box::pin(fut::ready(Err(err)));
         }
-        self.set_state(ContainerState::Stopping, None);
         if self.plan.stop.signal != libc::SIGKILL {
             let launch = self.launches;
             ctx.run_later(
@@ -360,7 +390,22 @@ impl ContainerActor {
                 },
             );
         }
-        Ok(())
+        // A frozen init only gets the signal once thawed.
+        let thawed = (self.state == ContainerState::Paused).then(|| self.thaw());
+        Box::pin(
+            async move {
+                match thawed {
+                    Some(thawed) => thawed.await,
+                    None => Ok(()),
+                }
+            }
+            .into_actor(self)
+            .map(|thawed, actor, _| {
+                thawed?;
+                actor.set_state(ContainerState::Stopping, None);
+                Ok(ContainerState::Stopping)
+            }),
+        )
     }
 
     /// Freezes the container, off the event loop: the freezer waits until every task stopped.
@@ -382,12 +427,17 @@ impl ContainerActor {
         }))
     }
 
-    fn thaw(&self) -> Result<(), Error> {
-        match &self.init {
-            Some(init) => init
-                .thaw()
-                .map_err(|err| Error::rejected(FREEZER, err.to_string())),
-            None => Ok(()),
+    /// Thaws the container, off the event loop (a cgroup write).
+    fn thaw(&self) -> impl std::future::Future<Output = Result<(), Error>> {
+        let init = self.init.clone();
+        async move {
+            let Some(init) = init else {
+                return Ok(());
+            };
+            off_event_loop(move || init.thaw())
+                .await
+                .ok_or(Error::ShuttingDown)?
+                .map_err(|err| Error::rejected(FREEZER, err.to_string()))
         }
     }
 }
@@ -417,6 +467,14 @@ impl Actor for ContainerActor {
         // An init adopted after a restart is watched from the start.
         if let Some(init) = self.init.clone() {
             self.watch(init, ctx);
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        // Dropping an init that was neither reaped nor left running kills it and thaws its
+        // cgroups: file writes, so not here on the event loop.
+        if let Some(init) = self.init.take() {
+            actix_rt::task::spawn_blocking(move || drop(init));
         }
     }
 }
@@ -459,16 +517,15 @@ impl Handler<ChangeState> for ContainerActor {
             Ok(Step::Stay) => done(Ok(self.state)),
             Ok(Step::Launch) => AtomicResponse::new(self.launch()),
             Ok(Step::Thaw) => {
-                let thawed = self.thaw().map(|()| {
-                    self.log_line("resumed");
-                    self.set_state(ContainerState::Running, None);
-                    ContainerState::Running
+                let thawed = self.thaw().into_actor(self).map(|thawed, actor, _| {
+                    thawed?;
+                    actor.log_line("resumed");
+                    actor.set_state(ContainerState::Running, None);
+                    Ok(ContainerState::Running)
                 });
-                done(thawed)
+                AtomicResponse::new(Box::pin(thawed))
             }
-            Ok(Step::RequestStop) => {
-                done(self.request_stop(ctx).map(|()| ContainerState::Stopping))
-            }
+            Ok(Step::RequestStop) => AtomicResponse::new(self.request_stop(ctx)),
             Ok(Step::Freeze) => AtomicResponse::new(self.pause()),
             Ok(Step::Remove | Step::KillAndRemove) => {
                 unreachable!("a state change is never a removal")
@@ -531,20 +588,23 @@ impl Handler<Release> for ContainerActor {
 
     fn handle(&mut self, _: Release, _: &mut Self::Context) -> Self::Result {
         self.retired = true;
-        let gone = if let Some(init) = &self.init {
+        let id = self.id;
+        let gone = if let Some(init) = self.init.clone() {
             let (notify, exited) = tokio::sync::oneshot::channel();
             self.on_exit.push(notify);
             self.stop_requested = true;
-            if let Err(error) = init.kill() {
-                warn!(id = self.id, %error, "cannot kill the init");
-            }
-            Some(exited)
+            Some((init, exited))
         } else {
             None
         };
         Box::pin(
             async move {
-                if let Some(exited) = gone {
+                if let Some((init, exited)) = gone {
+                    // The kill thaws the cgroup too: a file write, so off the event loop.
+                    let killed = off_event_loop(move || init.kill()).await;
+                    if let Some(Err(error)) = killed {
+                        warn!(id, %error, "cannot kill the init");
+                    }
                     let _ = exited.await;
                 }
             }

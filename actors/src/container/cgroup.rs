@@ -8,6 +8,12 @@
 //!   container needs a subtree of it that it may write to. On a host with cgroup2 alone
 //!   ([`unified_only`]) a systemd container gets its cgroup2 cgroup on `/sys/fs/cgroup` instead.
 //!
+//! Cgroups are named `imageapi/<instance>-<id>`: the instance name (see [`ServiceCgroups`])
+//! keeps apart the containers of several services (or engines) on one host. The `imageapi`
+//! directories are shared by all of them: each service makes one when it first needs it and
+//! removes it with its last container's cgroups, when it is empty (another service's cgroups in
+//! it make the removal fail, which is fine).
+//!
 //! Hierarchies are found through `/proc/self/mountinfo`, never assumed. The init is cloned
 //! straight into its cgroup2 cgroup, and the service writes its pid to the v1 `cgroup.procs`
 //! before it goes on, so nothing of the container ever runs outside them; once the init has been reaped, [`Cgroup::remove`] deletes them, deepest first
@@ -18,18 +24,25 @@ use std::io::{self, ErrorKind};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use rustix::event::PollFlags;
 use rustix::fs::{Mode, OFlags};
+use rustix::process::{kill_process, Pid, Signal};
 
-use super::poll::poll;
+use super::runtime::Runtime;
+use crate::sys::mountinfo::{self, MountEntry};
+use crate::sys::poll::poll;
 
 /// How long [`Cgroup::freeze`] waits for every task to stop before giving up and thawing.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The directory, below each hierarchy's root, that holds the containers' cgroups.
 const PARENT_DIR: &str = "imageapi";
+
+/// How often [`Cgroup::create`] makes the shared parent directory again when it vanishes under
+/// it (each time, another service removed it as empty in between).
+const MAX_CREATE_TRIES: usize = 8;
 
 /// Errors from cgroup management.
 #[derive(Debug, thiserror::Error)]
@@ -61,12 +74,82 @@ pub enum CgroupError {
     },
 }
 
-/// The cgroup hierarchies of this host, as mounted in the service's mount namespace.
+/// Where one service (one [`super::Runtime`]) keeps its containers' cgroups: the host's
+/// hierarchies, as mounted in the service's mount namespace (read once: the service does not
+/// remount cgroups), and the instance name that prefixes its cgroups.
+#[derive(Debug)]
+pub(crate) struct ServiceCgroups {
+    hierarchies: Hierarchies,
+    instance: String,
+}
+
+/// The cgroup hierarchies of this host.
 #[derive(Debug, Default)]
 struct Hierarchies {
     unified: Option<PathBuf>,
     freezer: Option<PathBuf>,
     systemd: Option<PathBuf>,
+}
+
+impl ServiceCgroups {
+    /// Finds the hierarchies in the mount table. `instance` keeps this service's cgroups apart
+    /// from other services' on the host (and from an earlier run on another state dir): the
+    /// state store's instance name, so that a restarted service finds its containers' cgroups
+    /// again.
+    pub(crate) fn read(instance: &str) -> Result<ServiceCgroups, CgroupError> {
+        let mounts = mountinfo::read_own().map_err(CgroupError::Mountinfo)?;
+        Ok(ServiceCgroups {
+            hierarchies: find_hierarchies(&mounts),
+            instance: instance.to_string(),
+        })
+    }
+
+    /// The name of container `id`'s cgroup directory below `<hierarchy>/imageapi/`.
+    pub(crate) fn dir_name(&self, id: i64) -> String {
+        format!("{}-{id}", self.instance)
+    }
+
+    /// Whether the host has cgroup2 and no v1 `name=systemd` hierarchy (the layout of current
+    /// distributions): systemd in a container then runs in unified mode, on cgroup2 alone.
+    pub(crate) fn unified_only(&self) -> bool {
+        self.hierarchies.unified.is_some() && self.hierarchies.systemd.is_none()
+    }
+
+    /// Makes `<root>/imageapi/<instance>-<id>`, replacing a stale one.
+    fn make_dir(&self, root: &Path, id: i64) -> Result<PathBuf, CgroupError> {
+        let parent = root.join(PARENT_DIR);
+        let dir = parent.join(self.dir_name(id));
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            fs::create_dir_all(&parent).map_err(|source| CgroupError::Io {
+                action: "create",
+                path: parent.clone(),
+                source,
+            })?;
+            let created = match fs::create_dir(&dir) {
+                Err(error) if error.kind() == ErrorKind::AlreadyExists => {
+                    tracing::warn!(dir = %dir.display(), "replacing a stale cgroup");
+                    remove_tree(&dir)?;
+                    fs::create_dir(&dir)
+                }
+                other => other,
+            };
+            match created {
+                Ok(()) => return Ok(dir),
+                // The shared parent was empty, and another service (or engine) removed it
+                // with its last container in between: make it again.
+                Err(error) if error.kind() == ErrorKind::NotFound && tries < MAX_CREATE_TRIES => {}
+                Err(source) => {
+                    return Err(CgroupError::Io {
+                        action: "create",
+                        path: dir.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
 }
 
 /// One container's cgroups: a directory in each hierarchy it was put in.
@@ -80,10 +163,13 @@ pub struct Cgroup {
 impl Cgroup {
     /// Creates the cgroups of container `id` (see the module documentation for which). A stale
     /// empty cgroup of the same name, left by an earlier run, is replaced.
-    pub(crate) fn create(id: i64, systemd: bool) -> Result<Cgroup, CgroupError> {
-        let hierarchies = hierarchies()?;
+    pub(crate) fn create(
+        service: &ServiceCgroups,
+        id: i64,
+        systemd: bool,
+    ) -> Result<Cgroup, CgroupError> {
         let mut cgroup = Cgroup::default();
-        match cgroup.populate(hierarchies, id, systemd) {
+        match cgroup.populate(service, id, systemd) {
             Ok(()) => Ok(cgroup),
             Err(error) => {
                 if let Err(cleanup) = cgroup.remove() {
@@ -94,9 +180,15 @@ impl Cgroup {
         }
     }
 
-    fn populate(&mut self, h: &Hierarchies, id: i64, systemd: bool) -> Result<(), CgroupError> {
+    fn populate(
+        &mut self,
+        service: &ServiceCgroups,
+        id: i64,
+        systemd: bool,
+    ) -> Result<(), CgroupError> {
+        let h = &service.hierarchies;
         if let Some(root) = &h.unified {
-            self.unified = Some(make_dir(root, id)?);
+            self.unified = Some(service.make_dir(root, id)?);
         }
         let v2_freezes = self
             .unified
@@ -104,12 +196,12 @@ impl Cgroup {
             .is_some_and(|dir| dir.join("cgroup.freeze").exists());
         if !v2_freezes {
             if let Some(root) = &h.freezer {
-                self.freezer = Some(make_dir(root, id)?);
+                self.freezer = Some(service.make_dir(root, id)?);
             }
         }
         if systemd {
             if let Some(root) = &h.systemd {
-                self.systemd = Some(make_dir(root, id)?);
+                self.systemd = Some(service.make_dir(root, id)?);
             }
         }
         if self.unified.is_none() && self.freezer.is_none() {
@@ -169,51 +261,36 @@ impl Cgroup {
 
     /// Removes the cgroups, sub-cgroups first. They must be empty: call it once the init has
     /// been reaped (the kernel empties a pid namespace before its init is reported exited).
-    /// Directories already gone are fine.
+    /// Directories already gone are fine. The shared `imageapi` parent goes too when nothing
+    /// is left in it.
     pub fn remove(&self) -> Result<(), CgroupError> {
         let mut first_error = None;
         for dir in self.dirs() {
-            if let Err(error) = remove_tree(dir) {
-                first_error.get_or_insert(error);
+            match remove_tree(dir) {
+                Ok(()) => remove_parent_if_empty(dir),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
             }
         }
         first_error.map_or(Ok(()), Err)
     }
 }
 
-/// The hierarchies, read from the mount table once: the service does not remount cgroups.
-fn hierarchies() -> Result<&'static Hierarchies, CgroupError> {
-    static HIERARCHIES: OnceLock<Hierarchies> = OnceLock::new();
-    if let Some(found) = HIERARCHIES.get() {
-        return Ok(found);
-    }
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
-    Ok(HIERARCHIES.get_or_init(|| parse_mountinfo(&mountinfo)))
-}
-
 /// Finds the first cgroup2 mount and the first v1 mounts carrying the freezer controller and
 /// the `name=systemd` hierarchy.
-fn parse_mountinfo(mountinfo: &str) -> Hierarchies {
+fn find_hierarchies(mounts: &[MountEntry]) -> Hierarchies {
     let mut found = Hierarchies::default();
-    for line in mountinfo.lines() {
-        let Some((mount, fs)) = line.split_once(" - ") else {
-            continue;
-        };
-        let (Some(mountpoint), mut fs) = (mount.split(' ').nth(4), fs.split(' ')) else {
-            continue;
-        };
-        let dir = || Some(PathBuf::from(unescape(mountpoint)));
-        match (fs.next(), fs.nth(1)) {
-            (Some("cgroup2"), _) if found.unified.is_none() => found.unified = dir(),
-            (Some("cgroup"), Some(options)) => {
-                let options = options.split(',');
-                let (freezer, systemd) = options.fold((false, false), |(f, s), o| {
-                    (f || o == "freezer", s || o == "name=systemd")
-                });
-                if freezer && found.freezer.is_none() {
+    for mount in mounts {
+        let dir = || Some(mount.mount_point.clone());
+        let has = |option: &str| mount.super_options.iter().any(|o| o == option);
+        match mount.fs_type.as_str() {
+            "cgroup2" if found.unified.is_none() => found.unified = dir(),
+            "cgroup" => {
+                if has("freezer") && found.freezer.is_none() {
                     found.freezer = dir();
                 }
-                if systemd && found.systemd.is_none() {
+                if has("name=systemd") && found.systemd.is_none() {
                     found.systemd = dir();
                 }
             }
@@ -221,37 +298,6 @@ fn parse_mountinfo(mountinfo: &str) -> Hierarchies {
         }
     }
     found
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|digits| {
-            let text = std::str::from_utf8(digits).ok()?;
-            u8::from_str_radix(text, 8).ok()
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Whether the host has cgroup2 and no v1 `name=systemd` hierarchy (the layout of current
-/// distributions): systemd in a container then runs in unified mode, on cgroup2 alone.
-pub(crate) fn unified_only() -> Result<bool, CgroupError> {
-    let hierarchies = hierarchies()?;
-    Ok(hierarchies.unified.is_some() && hierarchies.systemd.is_none())
 }
 
 /// The `cgroup.procs` files of cgroup `dir` and of every cgroup below it.
@@ -265,48 +311,13 @@ fn walk_procs(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Names this service among others on the host (see [`set_instance`]).
-static INSTANCE: OnceLock<String> = OnceLock::new();
-
-/// Sets the name that keeps this service's cgroups apart from other services' on the host (and
-/// from an earlier run on another state dir): the state store's instance name, so that a
-/// restarted service finds its containers' cgroups again. Without it, the process id is used.
-pub fn set_instance(name: &str) {
-    let _ = INSTANCE.set(name.to_string());
-}
-
-fn instance() -> &'static str {
-    INSTANCE.get_or_init(|| format!("pid{}", std::process::id()))
-}
-
-/// The name of container `id`'s cgroup directory below `<hierarchy>/imageapi/`.
-pub fn dir_name(id: i64) -> String {
-    format!("{}-{id}", instance())
-}
-
-/// Makes `<root>/imageapi/<instance>-<id>`, replacing a stale one.
-fn make_dir(root: &Path, id: i64) -> Result<PathBuf, CgroupError> {
-    let parent = root.join(PARENT_DIR);
-    fs::create_dir_all(&parent).map_err(|source| CgroupError::Io {
-        action: "create",
-        path: parent.clone(),
-        source,
-    })?;
-    let dir = parent.join(dir_name(id));
-    let created = match fs::create_dir(&dir) {
-        Err(error) if error.kind() == ErrorKind::AlreadyExists => {
-            tracing::warn!(dir = %dir.display(), "replacing a stale cgroup");
-            remove_tree(&dir)?;
-            fs::create_dir(&dir)
-        }
-        other => other,
-    };
-    created.map_err(|source| CgroupError::Io {
-        action: "create",
-        path: dir.clone(),
-        source,
-    })?;
-    Ok(dir)
+/// Removes the shared parent of cgroup `dir` if no cgroup is left in it. Another service's (or
+/// engine's) cgroups in it make rmdir(2) fail with EBUSY or ENOTEMPTY: then it stays, for the
+/// last of them to remove.
+fn remove_parent_if_empty(dir: &Path) {
+    if let Some(parent) = dir.parent() {
+        let _ = fs::remove_dir(parent);
+    }
 }
 
 /// Removes a cgroup and its sub-cgroups, deepest first. Cgroup directories only hold
@@ -366,7 +377,7 @@ fn freeze_v2(dir: &Path) -> Result<(), CgroupError> {
         }
         let left = deadline.saturating_duration_since(Instant::now());
         let changed =
-            !left.is_zero() && poll(events.as_fd(), libc::POLLPRI, left).map_err(io_error)?;
+            !left.is_zero() && poll(events.as_fd(), PollFlags::PRI, left).map_err(io_error)?;
         if !changed {
             write(&dir.join("cgroup.freeze"), "0", "thaw")?;
             return Err(CgroupError::FreezeTimeout {
@@ -405,26 +416,28 @@ fn freeze_v1(dir: &Path) -> Result<(), CgroupError> {
 }
 
 impl Cgroup {
-    /// The cgroups container `id` of this service has on the host now, whatever is in them:
+    /// The cgroups container `id` of `runtime` has on the host now, whatever is in them:
     /// after a crash, for the processes no adopted init accounts for.
-    pub(crate) fn left_by(id: i64) -> Result<Cgroup, CgroupError> {
-        let h = hierarchies()?;
+    pub(crate) fn left_by(runtime: &Runtime, id: i64) -> Cgroup {
+        let service = runtime.cgroups();
+        let h = &service.hierarchies;
         let existing = |root: &Option<PathBuf>| {
             root.as_ref()
-                .map(|root| root.join(PARENT_DIR).join(dir_name(id)))
+                .map(|root| root.join(PARENT_DIR).join(service.dir_name(id)))
                 .filter(|dir| dir.is_dir())
         };
-        Ok(Cgroup {
+        Cgroup {
             unified: existing(&h.unified),
             freezer: existing(&h.freezer),
             systemd: existing(&h.systemd),
-        })
+        }
     }
 
-    /// The ids of this service's containers that have a cgroup on the host now.
-    pub(crate) fn ids_on_host() -> Result<Vec<i64>, CgroupError> {
-        let h = hierarchies()?;
-        let prefix = format!("{}-", instance());
+    /// The ids of `runtime`'s containers that have a cgroup on the host now.
+    pub(crate) fn ids_on_host(runtime: &Runtime) -> Vec<i64> {
+        let service = runtime.cgroups();
+        let h = &service.hierarchies;
+        let prefix = format!("{}-", service.instance);
         let mut ids: Vec<i64> = [&h.unified, &h.freezer, &h.systemd]
             .into_iter()
             .flatten()
@@ -437,7 +450,7 @@ impl Cgroup {
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        Ok(ids)
+        ids
     }
 
     /// Kills every process in the cgroups (thawing a frozen v1 cgroup so they can die), waits
@@ -468,10 +481,10 @@ impl Cgroup {
         for dir in self.dirs() {
             for procs in walk_procs(dir) {
                 let procs = fs::read_to_string(procs).unwrap_or_default();
-                for pid in procs.lines().filter_map(|pid| pid.parse::<i32>().ok()) {
-                    // SAFETY: kill(2) with a pid read from the cgroup; at worst the process has
-                    // exited meanwhile and the call fails with ESRCH.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                let pids = procs.lines().filter_map(|pid| pid.parse::<i32>().ok());
+                for pid in pids.filter_map(Pid::from_raw) {
+                    // At worst the process has exited meanwhile: ESRCH.
+                    let _ = kill_process(pid, Signal::KILL);
                 }
             }
         }
@@ -491,7 +504,7 @@ mod tests {
 40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
 41 31 0:38 / /sys/fs/cgroup/uni\\040fied rw,relatime shared:5 - cgroup2 cgroup2 rw
 ";
-        let found = parse_mountinfo(mountinfo);
+        let found = find_hierarchies(&mountinfo::parse(mountinfo));
         assert_eq!(
             found.unified.as_deref(),
             Some(Path::new("/sys/fs/cgroup/uni fied"))
@@ -508,7 +521,9 @@ mod tests {
 
     #[test]
     fn finds_pure_v2() {
-        let found = parse_mountinfo("25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        let found = find_hierarchies(&mountinfo::parse(
+            "25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+        ));
         assert_eq!(found.unified.as_deref(), Some(Path::new("/sys/fs/cgroup")));
         assert!(found.freezer.is_none() && found.systemd.is_none());
     }
@@ -518,7 +533,8 @@ mod tests {
     #[test]
     fn kill_and_remove_reaches_sub_cgroups() {
         let id = 999_000_000 + i64::from(std::process::id());
-        let cgroup = Cgroup::create(id, false).unwrap();
+        let service = ServiceCgroups::read(&format!("unit{}", std::process::id())).unwrap();
+        let cgroup = Cgroup::create(&service, id, false).unwrap();
         let top = cgroup.dirs().next().unwrap().to_path_buf();
         let scope = top.join("init.scope");
         fs::create_dir(&scope).unwrap();

@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,6 +22,9 @@ use rustix::fs::CWD;
 use rustix::mount::{move_mount, open_tree, MoveMountFlags, OpenTreeFlags};
 
 use super::process::Init;
+use crate::sys::poll::poll_all;
+use crate::sys::tty::set_window_size;
+use rustix::event::{PollFd, PollFlags};
 
 /// How long the relay sleeps when nothing holds the terminal open (the master then reports a
 /// hang-up at once, so polling it again right away would spin).
@@ -29,12 +32,7 @@ const HANGUP_PAUSE: Duration = Duration::from_millis(50);
 
 /// The console's size. Nothing displays it, so it is wide: systemd shortens its status lines
 /// to the width of the console (80 columns when it has no size).
-const SIZE: libc::winsize = libc::winsize {
-    ws_row: 50,
-    ws_col: 200,
-    ws_xpixel: 0,
-    ws_ypixel: 0,
-};
+const SIZE: (u16, u16) = (50, 200);
 
 /// A pseudo-terminal made for one container, not yet relayed.
 pub(crate) struct Console {
@@ -69,11 +67,7 @@ impl Console {
         let status = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL)?;
         let status = OFlag::from_bits_retain(status) | OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(status))?;
-        let size = SIZE;
-        // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which is valid for the call.
-        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &raw const size) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_window_size(master.as_fd(), SIZE.0, SIZE.1)?;
         Ok(Console {
             master,
             slave,
@@ -207,34 +201,16 @@ impl Log {
 /// exited).
 fn wait(master: BorrowedFd<'_>, exited: BorrowedFd<'_>) -> io::Result<(bool, bool, bool)> {
     let mut fds = [
-        libc::pollfd {
-            fd: master.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: exited.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
+        PollFd::from_borrowed_fd(master, PollFlags::IN),
+        PollFd::from_borrowed_fd(exited, PollFlags::IN),
     ];
-    loop {
-        // SAFETY: `fds` is an array of two valid pollfds, for descriptors borrowed for the whole
-        // call, and its length is passed.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if ready >= 0 {
-            let master = fds[0].revents;
-            return Ok((
-                master & libc::POLLIN != 0,
-                master & (libc::POLLHUP | libc::POLLERR) != 0,
-                fds[1].revents != 0,
-            ));
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-    }
+    poll_all(&mut fds, None)?;
+    let output = fds[0].revents();
+    Ok((
+        output.contains(PollFlags::IN),
+        output.intersects(PollFlags::HUP | PollFlags::ERR),
+        !fds[1].revents().is_empty(),
+    ))
 }
 
 /// Turns the terminal's line ends into the log file's `\n`: the terminal's output processing

@@ -8,7 +8,6 @@ use std::convert::Infallible;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sched::{unshare, CloneFlags};
@@ -22,6 +21,8 @@ use super::spec::{
     InitSpec, Report, Step, FAILED_EXIT_CODE, IMAGE_FD, INIT_MARKER, REPORT_FD, SEARCH_PATH,
     SPEC_FD,
 };
+use crate::sys::fd::{claim_inherited, close_inherited_from, set_cloexec};
+use crate::sys::signal::reset_all_to_default;
 
 /// Call it first thing in the service's `main`, before any thread or runtime starts: when the
 /// process was started as a container init (`argv[1]` is the private marker), it builds the
@@ -41,22 +42,19 @@ pub fn run_if_init() {
 fn run() -> Result<Infallible, Report> {
     // Only descriptors 0 to IMAGE_FD were handed over; anything above leaked from the service
     // without close-on-exec and must not reach the container.
-    // SAFETY: nothing in this process owns a descriptor above IMAGE_FD: the init has opened
-    // nothing yet.
-    unsafe { libc::close_range(IMAGE_FD as u32 + 1, u32::MAX, 0) };
+    // Nothing in this process owns a descriptor above IMAGE_FD: the init has opened nothing yet.
+    close_inherited_from(IMAGE_FD + 1);
     let spec = read_spec()?;
     // End of file on the report pipe is how the service learns that the payload runs.
-    rustix::io::fcntl_setfd(borrowed(REPORT_FD), rustix::io::FdFlags::CLOEXEC)
-        .step(|| "set up the report pipe".into())?;
+    set_cloexec(REPORT_FD).step(|| "set up the report pipe".into())?;
     if spec.cgroup_namespace {
         // The service has put this process in its cgroups: the namespace is rooted there.
         unshare(CloneFlags::CLONE_NEWCGROUP).step(|| "enter a cgroup namespace".into())?;
     }
     // Device nodes and mount points get exactly the modes asked for.
     let umask_before = umask(Mode::empty());
-    // SAFETY: the clone child put the image's mount tree on IMAGE_FD for this process, and
-    // nothing else owns that descriptor.
-    let image = unsafe { OwnedFd::from_raw_fd(IMAGE_FD) };
+    // The clone child put the image's mount tree on IMAGE_FD for this process.
+    let image = claim_inherited(IMAGE_FD).ok_or_else(|| handed_over("the image"))?;
     rootfs::prepare(&spec, image)?;
     if let Some(hostname) = &spec.hostname {
         sethostname(hostname).step(|| format!("set the host name to {hostname}"))?;
@@ -68,33 +66,26 @@ fn run() -> Result<Infallible, Report> {
 
 /// Reads the spec from [`SPEC_FD`] and closes it.
 fn read_spec() -> Result<InitSpec, Report> {
-    // SAFETY: the clone child put the spec memfd on SPEC_FD for this process, and nothing else
-    // owns that descriptor.
-    let mut file = unsafe { File::from_raw_fd(SPEC_FD) };
+    // The clone child put the spec memfd on SPEC_FD for this process.
+    let mut file = File::from(claim_inherited(SPEC_FD).ok_or_else(|| handed_over("the spec"))?);
     let mut json = Vec::new();
     file.read_to_end(&mut json)
         .step(|| "read the container spec".into())?;
     serde_json::from_slice(&json).step(|| "parse the container spec".into())
 }
 
-/// A borrowed view of a descriptor this process was handed at a fixed number.
-fn borrowed(fd: i32) -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: used only for REPORT_FD, which stays open until the payload is executed (and the
-    // process image with it is gone).
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+/// The report for a descriptor the clone child should have handed over and did not.
+fn handed_over(what: &str) -> Report {
+    Report::kernel(
+        format!("take over {what}"),
+        std::io::Error::from_raw_os_error(libc::EBADF),
+    )
 }
 
 /// Gives the payload default signal handling: the service blocked every signal around the
 /// clone, and the Rust runtime of this binary ignores SIGPIPE, which exec would pass on.
 fn reset_signals() -> Result<(), Report> {
-    for signal in 1..=libc::SIGRTMAX() {
-        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: SIG_DFL installs no handler. Numbers the C library reserves for itself are
-        // refused with EINVAL, which is fine to ignore.
-        unsafe { libc::signal(signal, libc::SIG_DFL) };
-    }
+    reset_all_to_default();
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .step(|| "unblock signals".into())
 }

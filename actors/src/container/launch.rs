@@ -18,30 +18,30 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use linux_raw_sys::general::{
     CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWTIME, CLONE_NEWUSER,
     CLONE_NEWUTS,
 };
-use rustix::fs::{accessat, fstat, memfd_create, openat2, Access, AtFlags, FileType, CWD};
+use rustix::event::PollFlags;
+use rustix::fs::{accessat, fstat, memfd_create, Access, AtFlags, FileType, CWD};
 use rustix::fs::{fcntl_add_seals, MemfdFlags, Mode, OFlags, ResolveFlags, SealFlags};
 use rustix::io::Errno;
 use rustix::mount::{open_tree, OpenTreeFlags};
 use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions};
 
 use super::cgroup::{Cgroup, CgroupError};
-use super::clone::{Child, ChildPlan, ParentEnds};
 use super::console::Console;
-use super::launcher;
-use super::poll::poll;
-use super::proc::Stat;
 use super::process::Init;
-use super::reaper::{self, ReaperError};
+use super::runtime::Runtime;
 use super::spec::{InitSpec, Report, SEARCH_PATH};
 use crate::model::wire::Namespace;
-use crate::sys::beneath::fd_path;
+use crate::sys::beneath::{fd_path, open_resolved};
+use crate::sys::clone::{Child, ChildPlan, ParentEnds};
+use crate::sys::poll::poll;
+use crate::sys::proc::Stat;
 
 /// The service binary, whose `main` starts with [`super::run_if_init`]: the init program.
 const SELF_EXE: &str = "/proc/self/exe";
@@ -132,9 +132,6 @@ pub enum LaunchError {
     /// The container's cgroups could not be made.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
-    /// The reaper could not be started.
-    #[error(transparent)]
-    Reaper(#[from] ReaperError),
 }
 
 impl LaunchError {
@@ -148,7 +145,7 @@ impl LaunchError {
             | LaunchError::InitNotExecutable { .. }
             | LaunchError::NamespaceUnsupported(_) => true,
             LaunchError::Init { rejection, .. } => *rejection,
-            LaunchError::Kernel { .. } | LaunchError::Cgroup(_) | LaunchError::Reaper(_) => false,
+            LaunchError::Kernel { .. } | LaunchError::Cgroup(_) => false,
         }
     }
 }
@@ -193,7 +190,7 @@ pub fn check_init(rootfs: &Path, argv0: &str) -> Result<(), LaunchError> {
 fn check_file(root: &OwnedFd, path: &str, shown: &str) -> Result<(), LaunchError> {
     let flags = OFlags::PATH | OFlags::CLOEXEC;
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
-    let file = match openat2(root, path, flags, Mode::empty(), resolve) {
+    let file = match open_resolved(root, path, flags, resolve) {
         Ok(file) => file,
         Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {
             return Err(LaunchError::InitNotFound {
@@ -221,10 +218,10 @@ fn check_file(root: &OwnedFd, path: &str, shown: &str) -> Result<(), LaunchError
     })
 }
 
-/// Starts the init of a container. Blocking: call it on a blocking thread. Returns once the
-/// init has executed the payload (its status then comes from [`Init::wait`]), or with the
-/// reason it could not; nothing is left behind on failure.
-pub fn launch(config: InitConfig) -> Result<Init, LaunchError> {
+/// Starts the init of a container of `runtime`. Blocking: call it on a blocking thread. Returns
+/// once the init has executed the payload (its status then comes from [`Init::wait`]), or with
+/// the reason it could not; nothing is left behind on failure.
+pub fn launch(runtime: &Arc<Runtime>, config: InitConfig) -> Result<Init, LaunchError> {
     let mut namespaces = config.namespaces.clone();
     namespaces.extend([Namespace::Mnt, Namespace::Pid]);
     for namespace in &namespaces {
@@ -240,9 +237,8 @@ pub fn launch(config: InitConfig) -> Result<Init, LaunchError> {
         None
     };
     let console_path = console.as_ref().map(|console| console.path().clone());
-    let spec = spec(&config, &namespaces, console_path)?;
+    let spec = spec(runtime, &config, &namespaces, console_path)?;
     check_init(&config.rootfs, &spec.argv[0])?;
-    reaper::start_reaper()?;
     let spec_fd = write_spec(&spec)?;
     let flags = namespaces
         .iter()
@@ -254,10 +250,10 @@ pub fn launch(config: InitConfig) -> Result<Init, LaunchError> {
     )))?;
     // Last of the fallible steps before the clone: the cgroups are removed if anything after
     // fails.
-    let cgroup = Cgroup::create(config.id, config.systemd)?;
+    let cgroup = Cgroup::create(runtime.cgroups(), config.id, config.systemd)?;
     let started = ChildPlan::new(program, &config.log, spec_fd, image)
         .map_err(kernel("prepare the init's descriptors"))
-        .and_then(|(plan, ends)| start(plan, ends, flags, &spec, &cgroup));
+        .and_then(|(plan, ends)| start(runtime, plan, ends, flags, &spec, &cgroup));
     match started {
         Ok((child, start_time)) => {
             if let Some(console) = console {
@@ -266,7 +262,13 @@ pub fn launch(config: InitConfig) -> Result<Init, LaunchError> {
                     tracing::warn!(id = config.id, %error, "cannot relay the console to the log");
                 }
             }
-            Ok(Init::new(config.id, child, start_time, cgroup))
+            Ok(Init::new(
+                runtime.clone(),
+                config.id,
+                child,
+                start_time,
+                cgroup,
+            ))
         }
         Err(error) => {
             if let Err(cleanup) = cgroup.remove() {
@@ -280,7 +282,8 @@ pub fn launch(config: InitConfig) -> Result<Init, LaunchError> {
 /// The init program: a sealed in-memory copy of the service binary, made once. While the init
 /// runs it, `/proc/<init>/exe` points to the program, and a container process that got hold of
 /// it (say, through a payload script starting `#!/proc/self/exe`) could otherwise write to the
-/// service binary on the host (CVE-2019-5736). A sealed memfd cannot be written.
+/// service binary on the host (CVE-2019-5736). A sealed memfd cannot be written. One copy
+/// serves every [`Runtime`] of the process: it never changes, and holds nothing of an engine.
 fn init_program() -> Result<BorrowedFd<'static>, LaunchError> {
     static PROGRAM: OnceLock<OwnedFd> = OnceLock::new();
     if let Some(fd) = PROGRAM.get() {
@@ -310,6 +313,7 @@ fn image_tree_flags() -> OpenTreeFlags {
 
 /// Builds and checks the spec the init gets.
 fn spec(
+    runtime: &Runtime,
     config: &InitConfig,
     namespaces: &BTreeSet<Namespace>,
     console: Option<PathBuf>,
@@ -348,7 +352,7 @@ fn spec(
         cgroup_namespace: cgroup,
         user_namespace: user,
         systemd: config.systemd,
-        unified_cgroups: config.systemd && super::cgroup::unified_only()?,
+        unified_cgroups: config.systemd && runtime.cgroups().unified_only(),
         console,
     })
 }
@@ -369,6 +373,7 @@ fn write_spec(spec: &InitSpec) -> Result<OwnedFd, LaunchError> {
 /// Clones the child, places it and lets it go; returns it with its start time once the payload
 /// runs. On failure the child is killed (if needed) and reaped.
 fn start(
+    runtime: &Arc<Runtime>,
     plan: ChildPlan,
     ends: ParentEnds,
     flags: u64,
@@ -376,19 +381,23 @@ fn start(
     cgroup: &Cgroup,
 ) -> Result<(Child, u64), LaunchError> {
     let unified = cgroup.open_unified()?;
-    let child = launcher::on_launcher(move || {
-        reaper::spawn_supervised(
-            || plan.spawn(flags, unified.as_ref().map(AsFd::as_fd)),
-            |child| child.pid,
-        )
-    })
-    .map_err(io::Error::from)
-    .and_then(|cloned| cloned)
-    .map_err(kernel("clone the init"))?;
+    // The job holds the runtime: its reaper registers the child.
+    let owner = runtime.clone();
+    let child = runtime
+        .launcher()
+        .run(move || {
+            owner.reaper().spawn_supervised(
+                || plan.spawn(flags, unified.as_ref().map(AsFd::as_fd)),
+                |child| child.pid,
+            )
+        })
+        .map_err(io::Error::from)
+        .and_then(|cloned| cloned)
+        .map_err(kernel("clone the init"))?;
     match place_and_release(&child, ends, spec, cgroup) {
         Ok(start_time) => Ok((child, start_time)),
         Err(error) => {
-            reap_failed(&child);
+            reap_failed(runtime, &child);
             Err(error)
         }
     }
@@ -420,7 +429,7 @@ fn place_and_release(
         .map_err(kernel("let the init go"))?;
     // Setting up takes milliseconds; an init stuck for longer (say, on a dead NFS server) is
     // killed rather than left to hold a thread of the service.
-    let answered = poll(report.as_fd(), libc::POLLIN, INIT_SETUP_TIMEOUT)
+    let answered = poll(report.as_fd(), PollFlags::IN, INIT_SETUP_TIMEOUT)
         .map_err(kernel("wait for the init's report"))?;
     if !answered {
         return Err(kernel("wait for the init to set up")(io::Error::from(
@@ -443,7 +452,7 @@ fn place_and_release(
 
 /// Kills a child that will not become a running container (it may already have exited on its
 /// own), reaps it and forgets it.
-fn reap_failed(child: &Child) {
+fn reap_failed(runtime: &Runtime, child: &Child) {
     if let Err(error) = pidfd_send_signal(&child.pidfd, Signal::KILL) {
         tracing::debug!(pid = child.pid, %error, "failed child already gone");
     }
@@ -453,7 +462,9 @@ fn reap_failed(child: &Child) {
         .map_err(io::Error::from)
         .and_then(|_| {
             let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
-            reaper::reap_supervised(child.pid, || Ok(waitid(pidfd(), options)?))
+            runtime
+                .reaper()
+                .reap_supervised(child.pid, || Ok(waitid(pidfd(), options)?))
         });
     if let Err(error) = exited {
         tracing::warn!(pid = child.pid, %error, "cannot reap a failed init");

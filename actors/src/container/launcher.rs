@@ -16,6 +16,8 @@
 //! The namespace is private: nothing mounted or unmounted on the host later propagates into it,
 //! so the mounts it holds are fixed at start, and they are of the kind a host never unmounts.
 //! None of the host's other mounts (a test's temporary mounts, the mount dir) is pinned by it.
+//!
+//! Each [`super::Runtime`] has its own launcher; the thread ends when the runtime is dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -43,8 +45,12 @@ const LOADER_DIRS: [&str; 6] = ["usr", "etc", "lib", "lib64", "lib32", "libx32"]
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The launcher's queue, once it runs. A failed setup is tried again at the next launch.
-static LAUNCHER: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
+/// The launcher thread of one runtime, started by its first job.
+#[derive(Debug, Default)]
+pub(crate) struct Launcher {
+    /// The thread's queue, once it runs. A failed setup is tried again at the next launch.
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+}
 
 /// Why a job could not run on the launcher thread.
 #[derive(Debug, thiserror::Error)]
@@ -57,28 +63,34 @@ pub enum LauncherError {
     Stopped,
 }
 
-/// Runs `job` on the launcher thread (in its mount namespace) and returns its result. The
-/// first call starts the thread. Jobs run one at a time, in order.
-pub(crate) fn on_launcher<T: Send + 'static>(
-    job: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, LauncherError> {
-    let (answer, answered) = mpsc::sync_channel(1);
-    let job: Job = Box::new(move || {
-        let _ = answer.send(job());
-    });
-    {
-        let mut launcher = LAUNCHER.lock().unwrap_or_else(|poison| poison.into_inner());
-        let queue = match launcher.as_ref() {
-            Some(queue) => queue,
-            None => launcher.insert(start().map_err(LauncherError::Setup)?),
-        };
-        if queue.send(job).is_err() {
-            // Gone: the next launch starts a new one.
-            *launcher = None;
-            return Err(LauncherError::Stopped);
+impl Launcher {
+    /// Runs `job` on the launcher thread (in its mount namespace) and returns its result. The
+    /// first call starts the thread. Jobs run one at a time, in order.
+    pub(crate) fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, LauncherError> {
+        let (answer, answered) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move || {
+            let _ = answer.send(job());
+        });
+        {
+            let mut launcher = self
+                .queue
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let queue = match launcher.as_ref() {
+                Some(queue) => queue,
+                None => launcher.insert(start().map_err(LauncherError::Setup)?),
+            };
+            if queue.send(job).is_err() {
+                // Gone: the next launch starts a new one.
+                *launcher = None;
+                return Err(LauncherError::Stopped);
+            }
         }
+        answered.recv().map_err(|_| LauncherError::Stopped)
     }
-    answered.recv().map_err(|_| LauncherError::Stopped)
 }
 
 /// Starts the launcher thread and waits until its namespace is ready.
@@ -94,8 +106,8 @@ fn start() -> Result<mpsc::Sender<Job>, String> {
             if failed {
                 return;
             }
-            // Runs for the life of the process: the inits' parent-death signal is tied to
-            // this thread until they have set up.
+            // Runs as long as its runtime: the inits' parent-death signal is tied to this
+            // thread until they have set up, and a launch holds the runtime until then.
             while let Ok(job) = queue.recv() {
                 job();
             }

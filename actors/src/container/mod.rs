@@ -5,30 +5,33 @@
 //! - [`run_if_init`] must be the first call of the service's `main`: the init is (a sealed
 //!   in-memory copy of) the service binary, executed with a private marker, and does its setup
 //!   there.
-//! - [`start_reaper`] makes the service a child subreaper that reaps orphans.
+//! - [`Runtime`] is what one engine's containers share (cgroup instance, reaper, launcher);
+//!   the engine makes one and passes it down.
 //!
-//! Internals: `clone` (the async-signal-safe child), `launcher` (the thread and mount namespace
+//! Internals (the kernel calls that need `unsafe`, such as the async-signal-safe clone child,
+//! are in [`crate::sys`]): `launcher` (the thread and mount namespace
 //! inits are cloned from), `spec` (the service/init protocol),
 //! `rootfs` (the container's mounts), `console` (a systemd container's `/dev/console`), `cgroup`,
-//! `proc` (`/proc/<pid>/stat`), `poll`, `reaper`.
+//! `reaper`, `runtime` (what one engine's containers share),
+//! `log` (the lifecycle lines, written off the event loop).
 
 pub mod actor;
 pub mod cgroup;
-mod clone;
 mod console;
 pub mod init;
 pub mod launch;
 mod launcher;
-mod poll;
-mod proc;
+mod log;
 pub mod process;
-pub mod reaper;
+mod reaper;
 mod rootfs;
-mod spec;
+mod runtime;
+pub(crate) mod spec;
 
 pub use cgroup::{Cgroup, CgroupError};
 pub use console::reattach_console;
 pub use init::run_if_init;
 pub use launch::{check_init, launch, InitConfig, LaunchError};
 pub use process::{ExitStatus, Init};
-pub use reaper::{start_reaper, ReaperError};
+pub use reaper::ReaperError;
+pub use runtime::{Runtime, RuntimeError};

@@ -4,17 +4,18 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions, WaitIdStatus};
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use rustix::process::{pidfd_send_signal, waitid, WaitId, WaitIdOptions, WaitIdStatus};
 
 use super::cgroup::{Cgroup, CgroupError};
-use super::clone::Child;
-use super::proc::Stat;
-use super::reaper;
-use rustix::event::{PollFd, PollFlags, Timespec};
+use super::runtime::Runtime;
+use crate::sys::clone::Child;
+use crate::sys::poll::{poll, readable};
+use crate::sys::proc::Stat;
+use crate::sys::signal::signal_of;
+use rustix::event::PollFlags;
+use std::time::Duration;
 
 /// How an init ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,8 @@ impl fmt::Display for ExitStatus {
 /// reaping and the cgroup removal to the reaper.
 #[derive(Debug)]
 pub struct Init {
+    /// The runtime whose reaper registered the init, and whose cgroups it runs in.
+    runtime: Arc<Runtime>,
     id: i64,
     pid: i32,
     pidfd: OwnedFd,
@@ -77,8 +80,15 @@ pub struct Init {
 }
 
 impl Init {
-    pub(crate) fn new(id: i64, child: Child, start_time: u64, cgroup: Cgroup) -> Init {
+    pub(crate) fn new(
+        runtime: Arc<Runtime>,
+        id: i64,
+        child: Child,
+        start_time: u64,
+        cgroup: Cgroup,
+    ) -> Init {
         Init {
+            runtime,
             id,
             pid: child.pid,
             pidfd: child.pidfd,
@@ -90,9 +100,15 @@ impl Init {
         }
     }
 
-    /// Takes up again, after a restart of the service, the init `pid` that started at
-    /// `start_time`; `None` when that process is gone (or the pid now names another one).
-    pub fn adopt(id: i64, pid: i32, start_time: u64) -> io::Result<Option<Init>> {
+    /// Takes up again into `runtime`, after a restart of the service, the init `pid` that
+    /// started at `start_time`; `None` when that process is gone (or the pid now names another
+    /// one).
+    pub fn adopt(
+        runtime: &Arc<Runtime>,
+        id: i64,
+        pid: i32,
+        start_time: u64,
+    ) -> io::Result<Option<Init>> {
         let same_process = || {
             Stat::read(pid)
                 .map(|stat| stat.start_time == start_time)
@@ -115,13 +131,14 @@ impl Init {
             return Ok(None);
         }
         Ok(Some(Init {
+            runtime: runtime.clone(),
             id,
             pid,
             pidfd,
             start_time,
             // By the container's id, not by the init's own cgroup: systemd moves itself into a
             // sub-cgroup (init.scope).
-            cgroup: Cgroup::left_by(id).map_err(io::Error::other)?,
+            cgroup: Cgroup::left_by(runtime, id),
             status: Mutex::new(None),
             left_running: AtomicBool::new(false),
             adopted: true,
@@ -158,16 +175,7 @@ impl Init {
     /// Real-time signals are fine: systemd stops on SIGRTMIN+3. An init only receives the
     /// signals it has a handler for, SIGKILL aside (pid_namespaces(7)).
     pub fn signal(&self, signal: i32) -> io::Result<()> {
-        let named = Signal::from_named_raw(signal);
-        let signal = match named {
-            Some(signal) => signal,
-            None if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal) => {
-                // SAFETY: the number is in the real-time range the C library leaves to
-                // applications, so it is a valid signal and not one libc reserves.
-                unsafe { Signal::from_raw_unchecked(signal) }
-            }
-            None => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-        };
+        let signal = signal_of(signal).ok_or(io::Error::from_raw_os_error(libc::EINVAL))?;
         Ok(pidfd_send_signal(&self.pidfd, signal)?)
     }
 
@@ -206,14 +214,8 @@ impl Init {
     /// Resolves once the init has exited (its pidfd is readable), without reaping it: then
     /// [`Init::try_wait`], which reaps it and removes its cgroups, has its status.
     pub async fn exited(&self) -> io::Result<()> {
-        let pidfd = self.pidfd.try_clone()?;
-        // SAFETY: the AsyncFd owns this duplicate, which stays open and refers to the same
-        // pidfd until the AsyncFd is dropped.
-        let exited = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
-            .map_err(|error| error.into_parts().1)?;
         // A pidfd becomes readable when its process exits, and stays so.
-        exited.readable().await?.retain_ready();
-        Ok(())
+        readable(self.pidfd.try_clone()?).await
     }
 
     /// Reaps the init if it has exited, removing the container's cgroups; `None` while it runs.
@@ -226,8 +228,7 @@ impl Init {
             return Ok(*reaped);
         }
         if self.adopted {
-            let mut pidfd = [PollFd::new(&self.pidfd, PollFlags::IN)];
-            if rustix::event::poll(&mut pidfd, Some(&Timespec::default()))? == 0 {
+            if !poll(self.pidfd.as_fd(), PollFlags::IN, Duration::ZERO)? {
                 return Ok(None);
             }
             *reaped = Some(ExitStatus::Unknown);
@@ -237,7 +238,7 @@ impl Init {
             return Ok(*reaped);
         }
         let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
-        let raw = reaper::reap_supervised(self.pid, || {
+        let raw = self.runtime.reaper().reap_supervised(self.pid, || {
             Ok(waitid(WaitId::PidFd(self.pidfd.as_fd()), options)?)
         })?;
         let Some(raw) = raw else {
@@ -283,6 +284,6 @@ impl Drop for Init {
             // Not our child: its parent reaps it; the cgroups go with the next start's check.
             return;
         }
-        reaper::abandon(self.pid, self.cgroup.clone());
+        self.runtime.reaper().abandon(self.pid, self.cgroup.clone());
     }
 }

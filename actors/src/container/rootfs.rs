@@ -15,7 +15,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::pivot_root;
 use rustix::fs::CWD;
 use rustix::fs::{
-    makedev, mkdirat, mknodat, openat, openat2, symlinkat, FileType, Mode, OFlags, ResolveFlags,
+    makedev, mkdirat, mknodat, openat, symlinkat, FileType, Mode, OFlags, ResolveFlags,
 };
 use rustix::io::Errno;
 use rustix::mount::{move_mount, MoveMountFlags};
@@ -23,6 +23,8 @@ use rustix::mount::{move_mount, MoveMountFlags};
 use super::launcher::IMAGE_DIR;
 use super::spec::{InitSpec, Report, Step};
 use crate::sys::beneath::fd_path;
+use crate::sys::beneath::open_resolved;
+use crate::sys::proc::{own_cgroups, Membership};
 
 /// Size limit of the `/dev` and `/dev/shm` tmpfs.
 const DEV_SIZE: &str = "size=65536k";
@@ -123,11 +125,10 @@ impl Root {
     }
 
     fn resolve(&self, path: &str) -> rustix::io::Result<OwnedFd> {
-        openat2(
+        open_resolved(
             &self.fd,
             path,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
             ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
         )
     }
@@ -385,15 +386,10 @@ impl Hierarchy {
 /// The container's cgroup in the hierarchy `kind` names in `/proc/self/cgroup` (`""` for
 /// cgroup2, `name=systemd`, ...).
 fn own_cgroup(kind: &str) -> Result<String, Report> {
-    let membership =
-        fs::read_to_string("/proc/self/cgroup").step(|| "read /proc/self/cgroup".into())?;
-    membership
-        .lines()
-        .find_map(|line| {
-            let mut fields = line.splitn(3, ':');
-            let (_, found, path) = (fields.next()?, fields.next()?, fields.next()?);
-            (found == kind).then(|| path.to_string())
-        })
+    own_cgroups()
+        .step(|| "read /proc/self/cgroup".into())?
+        .into_iter()
+        .find_map(|membership| (membership.hierarchy == kind).then_some(membership.path))
         .ok_or_else(|| Report::kernel(format!("find the {kind:?} cgroup"), Errno::NOENT))
 }
 
@@ -404,15 +400,9 @@ fn mount_hybrid_cgroups(root: &Root, no_exec: MsFlags) -> Result<(), Report> {
     root.mount("sys/fs/cgroup", "tmpfs", no_exec, Some("mode=755"))?;
     let cgroups_dir = root.dir("sys/fs/cgroup")?;
     let cgroups = fd_path(cgroups_dir.as_fd());
-    let membership =
-        fs::read_to_string("/proc/self/cgroup").step(|| "read /proc/self/cgroup".into())?;
-    for line in membership.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (Some(_), Some(kind), Some(path)) = (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        let (dir, fstype, data) = match kind {
+    let memberships = own_cgroups().step(|| "read /proc/self/cgroup".into())?;
+    for Membership { hierarchy, path } in &memberships {
+        let (dir, fstype, data) = match hierarchy.as_str() {
             "" => ("unified", "cgroup2", None),
             "name=systemd" => ("systemd", "cgroup", Some("none,name=systemd")),
             _ => continue,

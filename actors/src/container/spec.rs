@@ -99,9 +99,7 @@ pub(crate) fn encode_report<'a>(
 pub(crate) fn send_report(fd: RawFd, rejection: bool, errno: i32, step: &str) {
     let mut buf = [0u8; REPORT_MAX];
     let bytes = encode_report(&mut buf, rejection, errno, step);
-    // SAFETY: `bytes` is a valid buffer of `bytes.len()` bytes for the duration of the call;
-    // write(2) on a bad descriptor only fails.
-    unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    crate::sys::fd::write_once(fd, bytes);
 }
 
 impl Report {

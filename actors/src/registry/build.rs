@@ -19,7 +19,7 @@ use super::graph::{GraphError, ObjectKind, TxnId};
 use super::record::{ContainerRecord, Record};
 use crate::blocking::{blocking, mailbox_gone};
 use crate::container::actor::{launch_error, ChangeState, ContainerActor, ContainerPlan};
-use crate::container::launch;
+use crate::container::{launch, Runtime};
 use crate::driver::{Dep, Host};
 use crate::error::Error;
 use crate::model::spec::{Child, ContainerDef, Def};
@@ -53,6 +53,8 @@ pub(crate) struct Transaction {
     pub host: Arc<Host>,
     /// Where container console logs go.
     pub log_dir: PathBuf,
+    /// The engine's container runtime.
+    pub runtime: Arc<Runtime>,
 }
 
 impl Transaction {
@@ -181,7 +183,13 @@ impl Transaction {
         let checked_root = rootfs.clone();
         blocking(move || launch::check_init(&checked_root, &argv0).map_err(launch_error)).await?;
         let plan = ContainerPlan::of_record(id, def.name.as_deref(), &record, rootfs);
-        let actor = ContainerActor::start(id, plan, mount.addr, self.registry.clone().recipient());
+        let actor = ContainerActor::start(
+            id,
+            plan,
+            mount.addr,
+            self.registry.clone().recipient(),
+            self.runtime.clone(),
+        );
         let built = self
             .ready(
                 id,

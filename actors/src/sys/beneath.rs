@@ -3,7 +3,7 @@
 //! Joining the path and opening it would follow a `..` or a symlink in the image out to the host; openat2's
 //! RESOLVE_BENEATH makes the kernel refuse instead, atomically, without a check-then-use race.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -53,29 +53,35 @@ pub fn open_beneath(base: &Path, relative: &str, flags: OFlags) -> Result<OwnedF
         "" => ".",
         inside => inside,
     };
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    match open_resolved(&base_fd, inside, flags | OFlags::CLOEXEC, resolve) {
+        Ok(fd) => Ok(fd),
+        Err(rustix::io::Errno::XDEV) => Err(BeneathError::Escapes {
+            path: relative.to_owned(),
+        }),
+        Err(e) => Err(BeneathError::Open {
+            path: relative.to_owned(),
+            errno: errno_of_rustix(e),
+        }),
+    }
+}
+
+/// openat2(2) of `path` below the directory `dir`, resolved as `resolve` says
+/// (RESOLVE_BENEATH, RESOLVE_IN_ROOT, ...): the one openat2 of the crate, since it answers
+/// EAGAIN when a concurrent rename or mount might have changed the answer, and every caller
+/// needs the retries.
+pub fn open_resolved(
+    dir: impl AsFd,
+    path: &str,
+    flags: OFlags,
+    resolve: ResolveFlags,
+) -> rustix::io::Result<OwnedFd> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match openat2(
-            &base_fd,
-            inside,
-            flags | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-        ) {
-            Ok(fd) => return Ok(fd),
-            Err(rustix::io::Errno::AGAIN) if tries < MAX_TRIES => continue,
-            Err(rustix::io::Errno::XDEV) => {
-                return Err(BeneathError::Escapes {
-                    path: relative.to_owned(),
-                })
-            }
-            Err(e) => {
-                return Err(BeneathError::Open {
-                    path: relative.to_owned(),
-                    errno: errno_of_rustix(e),
-                })
-            }
+        match openat2(&dir, path, flags, Mode::empty(), resolve) {
+            Err(rustix::io::Errno::AGAIN) if tries < MAX_TRIES => {}
+            done => return done,
         }
     }
 }

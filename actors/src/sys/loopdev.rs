@@ -21,7 +21,19 @@ const MAX_ATTACH_TRIES: usize = 64;
 
 const LOOP_CONTROL: &str = "/dev/loop-control";
 
-static ATTACH_TURN: Mutex<()> = Mutex::new(());
+/// What the attaches of one engine take turns on: LOOP_CTL_GET_FREE hands every concurrent
+/// caller the same lowest free device and only one of them wins it, so the engine's threads
+/// attach one at a time, and the retries are left for other processes (and other engines). The
+/// engine owns one and passes it to [`LoopDevice::attach_tagged`].
+#[derive(Debug, Default)]
+pub struct AttachTurn(Mutex<()>);
+
+impl AttachTurn {
+    /// A turn no attach holds.
+    pub const fn new() -> AttachTurn {
+        AttachTurn(Mutex::new(()))
+    }
+}
 
 mod ioctl {
     use linux_raw_sys::loop_device::{
@@ -50,8 +62,14 @@ impl LoopDevice {
     ///
     /// `backing` may be opened read-only when `read_only` is set. With `partscan`, the kernel scans the partition
     /// table, but `/dev/loopNpM` appear asynchronously: wait for them under `/sys/block/loopN/` before use.
-    pub fn attach(backing: &File, read_only: bool, partscan: bool) -> Result<LoopDevice, SysError> {
-        Self::attach_tagged(backing, read_only, partscan, "")
+    /// Attaches of one `turn` run one at a time (see [`AttachTurn`]).
+    pub fn attach(
+        backing: &File,
+        read_only: bool,
+        partscan: bool,
+        turn: &AttachTurn,
+    ) -> Result<LoopDevice, SysError> {
+        Self::attach_tagged(backing, read_only, partscan, "", turn)
     }
 
     /// [`LoopDevice::attach`], with `tag` (at most 63 bytes) stored as the device's
@@ -62,6 +80,7 @@ impl LoopDevice {
         read_only: bool,
         partscan: bool,
         tag: &str,
+        turn: &AttachTurn,
     ) -> Result<LoopDevice, SysError> {
         let mut file_name = [0u8; 64];
         for (slot, byte) in file_name.iter_mut().zip(tag.bytes().take(63)) {
@@ -97,10 +116,8 @@ impl LoopDevice {
 
         let control = open_rw(Path::new(LOOP_CONTROL))
             .map_err(|e| sys_err(format!("open {LOOP_CONTROL}"))(errno_of_io(&e)))?;
-        // GET_FREE hands every concurrent caller the same lowest free device and only one of them wins it, so
-        // the threads of this process take turns; the retries are left for other processes. The lock guards no
-        // data, so a panic while holding it leaves nothing to repair.
-        let _turn = ATTACH_TURN.lock().unwrap_or_else(PoisonError::into_inner);
+        // The lock guards no data, so a panic while holding it leaves nothing to repair.
+        let _turn = turn.0.lock().unwrap_or_else(PoisonError::into_inner);
         let mut tries = 0;
         loop {
             tries += 1;

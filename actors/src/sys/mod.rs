@@ -1,9 +1,17 @@
-//! Kernel-facing code: small, safe wrappers over the syscalls the engine needs.
+//! Kernel-facing code: small, safe wrappers over the syscalls the engine needs. The only module
+//! of the crate allowed `unsafe` (each block says why it is sound).
 
 pub mod beneath;
 pub mod blockdev;
+pub(crate) mod clone;
+pub(crate) mod fd;
 pub mod loopdev;
+pub mod mountinfo;
 pub mod mounts;
+pub(crate) mod poll;
+pub(crate) mod proc;
+pub(crate) mod signal;
+pub(crate) mod tty;
 
 use nix::errno::Errno;
 

@@ -285,24 +285,13 @@ pub fn is_mountpoint(path: &Path) -> Result<bool, SysError> {
 /// The filesystem type of the mount whose mountpoint is exactly `path`, from
 /// `/proc/self/mountinfo` (the topmost one when several are stacked).
 pub fn mounted_fs_type(path: &Path) -> Option<String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let real = std::fs::canonicalize(path).ok()?;
-    let wanted = real.to_str()?;
-    mountinfo.lines().rev().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        let mountpoint = before.split(' ').nth(4)?;
-        let fs_type = after.split(' ').next()?;
-        (unescape_mountinfo(mountpoint) == wanted).then(|| fs_type.to_string())
-    })
-}
-
-/// mountinfo writes space, tab, newline and backslash in paths as octal escapes.
-fn unescape_mountinfo(field: &str) -> String {
-    field
-        .replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    let mounts = super::mountinfo::read_own().ok()?;
+    let wanted = std::fs::canonicalize(path).ok()?;
+    mounts
+        .into_iter()
+        .rev()
+        .find(|entry| entry.mount_point == wanted)
+        .map(|entry| entry.fs_type)
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use nix::unistd::pipe2;
 
-use super::spec::{send_report, FAILED_EXIT_CODE, IMAGE_FD, INIT_MARKER, REPORT_FD, SPEC_FD};
+use crate::container::spec::{
+    send_report, FAILED_EXIT_CODE, IMAGE_FD, INIT_MARKER, REPORT_FD, SPEC_FD,
+};
 
 /// Descriptors the child moves to fixed numbers are first copied at or above this number, so
 /// that no `dup2` of the child overwrites a descriptor it has yet to move.
