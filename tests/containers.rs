@@ -359,3 +359,50 @@ fn concurrent_starts_launch_one_init() {
     assert_eq!(deleted.status, 200, "{deleted}");
     svc.assert_empty();
 }
+
+/// A plain DELETE racing a start: either the DELETE comes first (and the start finds no
+/// container), or it waits for the start and answers 409; it never kills the new init.
+#[test]
+fn a_delete_racing_a_start_never_kills_the_new_init() {
+    let svc = Service::start();
+    let mount = svc.create("mount", &busybox_overlay(&svc, "delrace"));
+    let mount_id = mount["id"].as_i64().unwrap();
+    for round in 0..10 {
+        let name = format!("delrace{round}");
+        let created = svc.create(
+            "container",
+            &container(
+                &name,
+                "/bin/busybox sleep 1000",
+                json!({"id": mount_id}),
+                false,
+            ),
+        );
+        let (start, delete) = std::thread::scope(|scope| {
+            let start = scope.spawn(|| {
+                svc.request(
+                    "PATCH",
+                    &format!("/container?name={name}&state=running"),
+                    None,
+                )
+            });
+            let delete = scope.spawn(|| svc.delete(&format!("/container?name={name}")));
+            (start.join().unwrap(), delete.join().unwrap())
+        });
+        let log = log_of(&created);
+        match (start.status, delete.status) {
+            (200, 409) => {
+                assert_eq!(start.json()["state"], "running", "{start}");
+                assert_eq!(state_of(&svc, &name), "running");
+                assert!(!log.contains("killed"), "{log}");
+                let deleted = svc.delete(&format!("/container?name={name}&force=true"));
+                assert_eq!(deleted.status, 200, "{deleted}");
+            }
+            (404, 200) => assert!(!log.contains(": started "), "{log}"),
+            other => panic!("start {start} and delete {delete} answered {other:?}"),
+        }
+    }
+    let deleted = svc.delete(&format!("/mount?id={mount_id}"));
+    assert_eq!(deleted.status, 200, "{deleted}");
+    svc.assert_empty();
+}

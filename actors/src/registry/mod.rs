@@ -3,3 +3,5 @@ pub mod actor;
 pub(crate) mod build;
 pub mod graph;
 pub mod record;
+#[cfg(test)]
+mod walk_tests;
