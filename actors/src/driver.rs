@@ -119,6 +119,75 @@ pub trait DepViews {
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub enum Unmakeable {}
 
+/// A kind this build checks but cannot make yet: its requests are validated like any other's,
+/// then answered 501. Registered as [`CheckedOnly`]`(kind)`.
+pub trait CheckOnly: Send + Sync + 'static {
+    type Object: WireObject;
+    type Spec: Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static;
+    const KIND: <Self::Object as WireObject>::Kind;
+    /// Why this build cannot make it.
+    const REASON: &'static str;
+
+    /// As [`Driver::parse`].
+    fn parse(&self, at: &str, wire: &Self::Object) -> Option<Result<Self::Spec, Invalid>>;
+    /// As [`Driver::describe`].
+    fn describe(&self, spec: &Self::Spec, wire: &mut Self::Object);
+}
+
+/// The driver of a [`CheckOnly`] kind.
+pub struct CheckedOnly<C>(pub C);
+
+impl<C: CheckOnly> Driver for CheckedOnly<C> {
+    type Object = C::Object;
+    type Spec = C::Spec;
+    type Facts = Unmakeable;
+    type Resource = Unmakeable;
+    const KIND: <C::Object as WireObject>::Kind = C::KIND;
+
+    fn parse(
+        &self,
+        _: &Kinds,
+        at: &str,
+        wire: &C::Object,
+    ) -> Option<Result<Parsed<C::Spec>, Invalid>> {
+        Some(
+            self.0
+                .parse(at, wire)?
+                .map(|spec| Parsed::new(spec, vec![])),
+        )
+    }
+    fn create(
+        &self,
+        _: &Host,
+        _: Id,
+        _: &C::Spec,
+        _: &[Dep],
+    ) -> Result<(Unmakeable, Unmakeable), Error> {
+        Err(Error::Unsupported {
+            origin: crate::error::Origin::new(C::Object::OBJECT, C::Object::kind_name(C::KIND)),
+            reason: C::REASON.to_string(),
+        })
+    }
+    fn adopt(&self, _: &Host, _: Id, _: &C::Spec, facts: &Unmakeable) -> Option<Unmakeable> {
+        match *facts {}
+    }
+    fn release(&self, _: &Host, resource: Unmakeable, _: bool) -> Result<(), Error> {
+        match resource {}
+    }
+    fn provides<'f>(&self, facts: &'f Unmakeable) -> &'f Path {
+        match *facts {}
+    }
+    fn describe(
+        &self,
+        spec: &C::Spec,
+        _: Option<&Unmakeable>,
+        _: &dyn DepViews,
+        wire: &mut C::Object,
+    ) {
+        self.0.describe(spec, wire);
+    }
+}
+
 /// One attachment or mount kind.
 pub trait Driver: Send + Sync + 'static {
     /// The wire object this kind is one kind of.
@@ -443,13 +512,13 @@ impl Kinds {
         Kinds::default()
             .with(crate::attach::local::Local)
             .with(crate::attach::loopback::Loopback)
-            .with(crate::attach::rbd::Rbd)
-            .with(crate::attach::iscsi::Iscsi)
+            .with(CheckedOnly(crate::attach::rbd::Rbd))
+            .with(CheckedOnly(crate::attach::iscsi::Iscsi))
             .with(crate::mount::attach::AttachFs)
             .with(crate::mount::bind::Bind)
-            .with(crate::mount::nfs::Nfs)
+            .with(CheckedOnly(crate::mount::nfs::Nfs))
             .with(crate::mount::overlay::Overlay)
-            .with(crate::mount::uri::Uri)
+            .with(CheckedOnly(crate::mount::uri::Uri))
     }
 
     /// Adds (or replaces) the kind `driver` implements.

@@ -1,65 +1,24 @@
 //! `rbd`: a Ceph RBD image mapped by the kernel's rbd driver. This build checks the definition
 //! and answers 501: the node's kernel has no rbd support yet.
 
-use std::path::Path;
-
-use crate::driver::{Dep, DepViews, Driver, Host, Kinds, Parsed, Unmakeable};
-use crate::error::{Error, Origin};
+use crate::driver::CheckOnly;
 use crate::model::spec::{check_ipv4, check_non_negative, field, invalid, Invalid};
-use crate::model::wire::{Attach, AttachKind, AttachRbd, Id};
-use crate::registry::graph::ObjectKind;
+use crate::model::wire::{Attach, AttachKind, AttachRbd};
 
 pub struct Rbd;
 
-impl Driver for Rbd {
+impl CheckOnly for Rbd {
     type Object = Attach;
     type Spec = AttachRbd;
-    type Facts = Unmakeable;
-    type Resource = Unmakeable;
     const KIND: AttachKind = AttachKind::Rbd;
+    const REASON: &'static str = "rbd attachments need kernel support this node does not have";
 
-    fn parse(
-        &self,
-        _: &Kinds,
-        at: &str,
-        wire: &Attach,
-    ) -> Option<Result<Parsed<AttachRbd>, Invalid>> {
-        let rbd = wire.rbd.as_ref()?;
-        Some(check(&field(at, "rbd"), rbd).map(|()| Parsed::new(rbd.clone(), vec![])))
+    fn parse(&self, at: &str, wire: &Attach) -> Option<Result<AttachRbd, Invalid>> {
+        let sub = wire.rbd.as_ref()?;
+        Some(check(&field(at, "rbd"), sub).map(|()| sub.clone()))
     }
 
-    fn create(
-        &self,
-        _: &Host,
-        _: Id,
-        _: &AttachRbd,
-        _: &[Dep],
-    ) -> Result<(Unmakeable, Unmakeable), Error> {
-        Err(Error::Unsupported {
-            origin: Origin::new(ObjectKind::Attach, "rbd"),
-            reason: "rbd attachments need kernel support this node does not have".to_string(),
-        })
-    }
-
-    fn adopt(&self, _: &Host, _: Id, _: &AttachRbd, facts: &Unmakeable) -> Option<Unmakeable> {
-        match *facts {}
-    }
-
-    fn release(&self, _: &Host, resource: Unmakeable, _: bool) -> Result<(), Error> {
-        match resource {}
-    }
-
-    fn provides<'f>(&self, facts: &'f Unmakeable) -> &'f Path {
-        match *facts {}
-    }
-
-    fn describe(
-        &self,
-        spec: &AttachRbd,
-        _: Option<&Unmakeable>,
-        _: &dyn DepViews,
-        wire: &mut Attach,
-    ) {
+    fn describe(&self, spec: &AttachRbd, wire: &mut Attach) {
         wire.rbd = Some(spec.clone());
     }
 }
