@@ -210,28 +210,26 @@ pub fn try_http_request(
         content_type,
         body,
     );
+    let timeout = |e: io::Error| format!("socket timeout: {e}");
     match transport {
         Transport::Unix(socket) => {
             let stream = UnixStream::connect(socket)
                 .map_err(|e| format!("connect to {}: {e}", socket.display()))?;
-            set_timeouts(&stream, |s, t| s.set_read_timeout(t))?;
-            set_timeouts(&stream, |s, t| s.set_write_timeout(t))?;
+            stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(timeout)?;
+            stream
+                .set_write_timeout(Some(IO_TIMEOUT))
+                .map_err(timeout)?;
             exchange(stream, method, path, &request)
         }
         Transport::Tcp(addr) => {
             let stream = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
-            set_timeouts(&stream, |s, t| s.set_read_timeout(t))?;
-            set_timeouts(&stream, |s, t| s.set_write_timeout(t))?;
+            stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(timeout)?;
+            stream
+                .set_write_timeout(Some(IO_TIMEOUT))
+                .map_err(timeout)?;
             exchange(stream, method, path, &request)
         }
     }
-}
-
-fn set_timeouts<S>(
-    stream: &S,
-    set: impl Fn(&S, Option<Duration>) -> io::Result<()>,
-) -> Result<(), String> {
-    set(stream, Some(IO_TIMEOUT)).map_err(|e| format!("socket timeout: {e}"))
 }
 
 fn exchange<S: Read + Write>(

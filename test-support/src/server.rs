@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io;
+use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -41,6 +42,14 @@ pub fn private_dirs_args(
 /// of the workspace).
 pub fn server_next_to_current_exe() -> io::Result<PathBuf> {
     Ok(std::env::current_exe()?.with_file_name(SERVER_BIN))
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// Why [`ServerProcess::wait_ready`] gave up.

@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::{
-    force_cleanup, http_request, id_of, leaks_under, private_dirs_args, refs_of, wait_for,
-    NotReady, Response, ServerProcess, Transport, BASE, RELEASE_GRACE,
+    force_cleanup, free_port, http_request, id_of, leaks_under, private_dirs_args, refs_of,
+    wait_for, NotReady, Response, ServerProcess, Transport, BASE, RELEASE_GRACE,
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -359,9 +359,4 @@ fn spawn_service(
         .stdout(log("service.stdout"))
         .stderr(log("service.stderr"));
     ServerProcess::spawn(&mut cmd).unwrap_or_else(|e| panic!("spawn {}: {e}", server.display()))
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().unwrap().port()
 }
