@@ -1281,7 +1281,7 @@ fn many_containers(
     count: usize,
 ) -> Result<Scale> {
     let rss_idle = service.rss_kb()?;
-    let cgroups_before = cgroup_dirs();
+    let cgroups_before = container_cgroups();
     let shared = client.expect(
         "POST",
         "/mount",
@@ -1323,7 +1323,10 @@ fn many_containers(
     let create_total = started.elapsed();
 
     // The cgroups that came with this service's containers.
-    let ours: Vec<PathBuf> = cgroup_dirs().difference(&cgroups_before).cloned().collect();
+    let ours: Vec<PathBuf> = container_cgroups()
+        .difference(&cgroups_before)
+        .cloned()
+        .collect();
     let measured = created.and_then(|()| {
         ensure!(
             ours.len() >= count,
@@ -1405,15 +1408,10 @@ fn many_containers(
     })
 }
 
-/// Every container cgroup directory (`<hierarchy>/imageapi/*`) on the host.
-fn cgroup_dirs() -> BTreeSet<PathBuf> {
-    container_cgroups()
-}
-
 /// The cgroups of this run's in-process containers still present in any hierarchy.
 fn floor_cgroups_left() -> Vec<String> {
     let first = init_config_id(0);
-    cgroup_dirs()
+    container_cgroups()
         .into_iter()
         .filter(|dir| {
             let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();

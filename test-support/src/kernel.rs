@@ -188,7 +188,17 @@ impl Leaks {
 
 impl std::fmt::Display for Leaks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "mounts {:?}, loop devices {:?}", self.mounts, self.loops)
+        let loops: Vec<String> = self
+            .loops
+            .iter()
+            .map(|(device, backing)| format!("{device} ({backing})"))
+            .collect();
+        write!(
+            f,
+            "mounts [{}], loop devices [{}]",
+            self.mounts.join(", "),
+            loops.join(", ")
+        )
     }
 }
 

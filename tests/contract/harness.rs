@@ -40,7 +40,7 @@ pub struct Server {
 
 /// The command line of a service in `dir`, with `args` after the dir flags.
 fn command(dir: &Path, args: &[OsString], envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imageapi-server"));
+    let mut cmd = Command::new(crate::common::SERVER);
     cmd.arg("--mount-dir")
         .arg(dir.join("mounts"))
         .arg("--log-dir")
