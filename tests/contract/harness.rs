@@ -7,9 +7,9 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,18 +21,11 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::common::{force_cleanup, leaks_under, Response, RELEASE_GRACE};
+pub use crate::common::free_port;
+use crate::common::{force_cleanup, leaks_under, Response, ServerProcess, RELEASE_GRACE};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// An `imageapi-server` in its own temp dir, started with the given flags (the dirs and
 /// `--cleanup-on-exit` are added). Dropping it stops it with SIGTERM, fails the test if it does
@@ -40,15 +33,14 @@ pub fn free_port() -> u16 {
 pub struct Server {
     tmp: Option<tempfile::TempDir>,
     dir: PathBuf,
-    child: Child,
-    exit: Option<ExitStatus>,
+    process: ServerProcess,
     /// Expect a non-zero exit (a test of a refused start).
     expect_failure: bool,
 }
 
 /// The command line of a service in `dir`, with `args` after the dir flags.
 fn command(dir: &Path, args: &[OsString], envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imageapi-server"));
+    let mut cmd = Command::new(crate::common::SERVER);
     cmd.arg("--mount-dir")
         .arg(dir.join("mounts"))
         .arg("--log-dir")
@@ -113,16 +105,16 @@ impl Server {
         envs: &[(&str, &str)],
     ) -> Server {
         let stderr = fs::File::create(dir.join("service.stderr")).expect("stderr file");
-        let child = command(&dir, args, envs)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn imageapi-server");
+        let process = ServerProcess::spawn(
+            command(&dir, args, envs)
+                .stdout(Stdio::null())
+                .stderr(stderr),
+        )
+        .expect("spawn imageapi-server");
         let mut server = Server {
             tmp: Some(tmp),
             dir,
-            child,
-            exit: None,
+            process,
             expect_failure: false,
         };
         server.wait_ready();
@@ -148,8 +140,7 @@ impl Server {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.exit = Some(status);
+            if let Some(status) = self.process.try_exit().expect("try_wait") {
                 panic!(
                     "imageapi-server exited during startup with {status}:\n{}",
                     self.stderr()
@@ -172,7 +163,7 @@ impl Server {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// What the service wrote on stderr so far.
@@ -182,26 +173,7 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit; `None` if it did not exit in time (then killed).
     pub fn stop_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if let Some(status) = self.exit {
-            return Some(status);
-        }
-        // SAFETY: kill(2) on our own unreaped child's pid, so it cannot have been reused.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.exit = Some(status);
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                self.exit = Some(self.child.wait().expect("wait"));
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.process.terminate(timeout).ok()
     }
 
     /// Stops the service and asserts it exited 0 within the stop timeout.

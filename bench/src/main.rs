@@ -20,12 +20,10 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::symlink;
-use std::os::unix::net::UnixStream;
+use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
@@ -38,13 +36,14 @@ use actors::sys::mounts::{mount_filesystem, overlay, parse_mount_options, unmoun
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::Parser;
 use serde_json::{json, Value};
+use test_support::{
+    container_cgroups, install_busybox, is_dynamic_elf, leaks_below, log_tail, loop_devices,
+    mksquashfs_command, mountinfo, private_dirs_args, release_below, server_next_to_current_exe,
+    wait_for_every, NotReady, ServerProcess, BASE, BUSYBOX,
+};
 
-/// The busybox the image is made of (Debian/Ubuntu package busybox-static).
-const BUSYBOX: &str = "/usr/bin/busybox";
 /// The applets linked in the image's /bin.
 const APPLETS: [&str; 3] = ["sh", "true", "sleep"];
-/// The API's base path.
-const API: &str = "/imageapi/v1";
 /// How often the service is asked whether a container has exited.
 const POLL_INTERVAL: Duration = Duration::from_micros(200);
 /// A kept-alive connection idle longer than this is reopened before use.
@@ -129,13 +128,11 @@ fn run(args: &Args) -> Result<()> {
     );
     let server = match &args.server {
         Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("finding this executable")?
-            .with_file_name("imageapi-server"),
+        None => server_next_to_current_exe().context("finding this executable")?,
     };
     ensure!(
         server.is_file(),
-        "service binary {} not found: build it first (cargo build --release --bins)",
+        "service binary {} not found: build it first (cargo build --release --workspace)",
         server.display()
     );
 
@@ -182,7 +179,7 @@ fn run(args: &Args) -> Result<()> {
     drop(client);
     let status = service.stop()?;
     ensure!(status.success(), "imageapi-server exited with {status}");
-    let leaks = Leaks::under(work.path());
+    let leaks = leaks_below(work.path());
     ensure!(
         leaks.is_empty(),
         "left behind after the service stopped: {leaks}"
@@ -191,7 +188,10 @@ fn run(args: &Args) -> Result<()> {
     let (dir, state) = (work.path().to_owned(), work.state.clone());
     drop(work);
     let mut left = floor_cgroups_left();
-    if mountinfo().iter().any(|m| m.mount_point.starts_with(&dir)) {
+    if mountinfo()
+        .iter()
+        .any(|m| Path::new(&m.mount_point).starts_with(&dir))
+    {
         left.push(format!("mounts under {}", dir.display()));
     }
     left.extend(
@@ -207,7 +207,7 @@ fn run(args: &Args) -> Result<()> {
     );
     out!(
         "reproduce (as root on an otherwise idle machine; needs busybox-static and squashfs-tools): \
-         cargo build --release --bins && target/release/imageapi-bench --iterations {} --containers {}{}{}",
+         cargo build --release --workspace && target/release/imageapi-bench --iterations {} --containers {}{}{}",
         args.iterations,
         args.containers,
         if args.no_tmpfs { " --no-tmpfs" } else { "" },
@@ -344,7 +344,7 @@ impl Workspace {
             mountinfo()
                 .into_iter()
                 .filter(|m| dir.starts_with(&m.mount_point))
-                .max_by_key(|m| m.mount_point.as_os_str().len())
+                .max_by_key(|m| m.mount_point.len())
                 .map_or_else(|| "?".into(), |m| m.fs_type)
         };
         let dir = if self.tmpfs {
@@ -374,16 +374,16 @@ impl Drop for Workspace {
                 );
             }
         }
-        let leaks = Leaks::under(&self.dir);
+        let leaks = leaks_below(&self.dir);
         if !leaks.is_empty() {
             eprintln!("imageapi-bench: cleaning up: {leaks}");
-            leaks.release();
+            release_below(&self.dir);
         }
-        let mut left = Leaks::under(&self.dir);
+        let mut left = leaks_below(&self.dir);
         if !left.loops.is_empty() {
             // A detached loop device goes at its last close, which may come a moment later.
             wait_until(|| {
-                left = Leaks::under(&self.dir);
+                left = leaks_below(&self.dir);
                 left.is_empty()
             });
         }
@@ -407,141 +407,9 @@ impl Drop for Workspace {
     }
 }
 
-/// Mounts and loop devices below a directory, as the kernel lists them.
-#[derive(Debug, Default)]
-struct Leaks {
-    /// Mount points, deepest first.
-    mounts: Vec<PathBuf>,
-    /// `(device, backing file)`.
-    loops: Vec<(String, String)>,
-}
-
-impl Leaks {
-    fn under(dir: &Path) -> Leaks {
-        let mut mounts: Vec<PathBuf> = mountinfo()
-            .into_iter()
-            .map(|m| m.mount_point)
-            .filter(|p| p.starts_with(dir) && p != dir)
-            .collect();
-        mounts.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-        let loops = loop_devices()
-            .into_iter()
-            .filter(|(_, backing)| Path::new(backing).starts_with(dir))
-            .collect();
-        Leaks { mounts, loops }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.mounts.is_empty() && self.loops.is_empty()
-    }
-
-    /// Best effort: unmount (lazily if busy), then detach.
-    fn release(&self) {
-        for mount in &self.mounts {
-            if unmount(mount).is_err() {
-                let _ = Command::new("umount").arg("-l").arg(mount).status();
-            }
-        }
-        for (device, _) in &self.loops {
-            let _ = Command::new("losetup").arg("-d").arg(device).status();
-        }
-    }
-}
-
-impl std::fmt::Display for Leaks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mounts: Vec<_> = self
-            .mounts
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        let loops: Vec<_> = self
-            .loops
-            .iter()
-            .map(|(d, b)| format!("{d} ({b})"))
-            .collect();
-        write!(
-            f,
-            "mounts [{}], loop devices [{}]",
-            mounts.join(", "),
-            loops.join(", ")
-        )
-    }
-}
-
-struct MountEntry {
-    mount_point: PathBuf,
-    fs_type: String,
-}
-
-fn mountinfo() -> Vec<MountEntry> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            let fs_type = right.split(' ').next()?;
-            Some(MountEntry {
-                mount_point: PathBuf::from(unescape_octal(mount_point)),
-                fs_type: fs_type.to_owned(),
-            })
-        })
-        .collect()
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Bound loop devices: `(/dev/loopN, backing file)`.
-fn loop_devices() -> Vec<(String, String)> {
-    let Ok(entries) = fs::read_dir("/sys/block") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            if !name.starts_with("loop") {
-                return None;
-            }
-            let backing = fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
-            Some((format!("/dev/{name}"), backing.trim_end().to_owned()))
-        })
-        .collect()
-}
-
 /// Waits until `done` holds or [`PATIENCE`] ran out; whether it held.
-fn wait_until(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
+fn wait_until(done: impl FnMut() -> bool) -> bool {
+    wait_for_every(PATIENCE, Duration::from_millis(5), done)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -561,7 +429,7 @@ fn build_image(work: &Path) -> Result<Image> {
         "{BUSYBOX} not found: install busybox-static (apt-get install busybox-static)"
     );
     ensure!(
-        !is_dynamic_elf(busybox)?,
+        !is_dynamic_elf(busybox).with_context(|| format!("reading {BUSYBOX}"))?,
         "{BUSYBOX} is dynamically linked and cannot run alone in the image: install busybox-static"
     );
     let root = work.join("image-root");
@@ -570,18 +438,12 @@ fn build_image(work: &Path) -> Result<Image> {
     for dir in ["proc", "sys", "dev", "tmp"] {
         fs::create_dir(root.join(dir)).context("creating the image tree")?;
     }
-    fs::copy(busybox, bin.join("busybox")).context("copying busybox into the image")?;
-    for applet in APPLETS {
-        symlink("busybox", bin.join(applet)).context("linking busybox applets")?;
-    }
+    install_busybox(&root, &APPLETS).context("copying busybox into the image")?;
     let path = work.join("image.squashfs");
     let mut last_error = String::new();
     for compression in ["zstd", "gzip"] {
-        let output = Command::new("mksquashfs")
-            .arg(&root)
-            .arg(&path)
-            .args(["-noappend", "-quiet", "-no-progress", "-comp", compression])
-            .stdin(Stdio::null())
+        let output = mksquashfs_command(&root, &path)
+            .args(["-comp", compression])
             .output();
         let output = match output {
             Ok(output) => output,
@@ -605,26 +467,6 @@ fn build_image(work: &Path) -> Result<Image> {
         );
     }
     bail!("mksquashfs failed with zstd and with gzip: {last_error}")
-}
-
-/// Whether a 64-bit little-endian ELF file asks for a program interpreter (PT_INTERP). Other
-/// formats are not checked.
-fn is_dynamic_elf(path: &Path) -> Result<bool> {
-    let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 || data[5] != 1 {
-        return Ok(false);
-    }
-    let u16_at = |at: usize| u16::from_le_bytes([data[at], data[at + 1]]) as usize;
-    let mut phoff = [0u8; 8];
-    phoff.copy_from_slice(&data[0x20..0x28]);
-    let phoff = u64::from_le_bytes(phoff) as usize;
-    let (entry_size, count) = (u16_at(0x36), u16_at(0x38));
-    Ok((0..count).any(|i| {
-        let at = i
-            .checked_mul(entry_size)
-            .and_then(|offset| offset.checked_add(phoff));
-        at.and_then(|at| data.get(at..at.checked_add(4)?)) == Some(&3u32.to_le_bytes()[..])
-    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1072,8 +914,7 @@ fn floor_many(
 
 /// A running `imageapi-server` with private dirs; dropping it stops it (SIGTERM, then SIGKILL).
 struct Service {
-    child: Child,
-    exit: Option<ExitStatus>,
+    process: ServerProcess,
     socket: PathBuf,
     mount_dir: PathBuf,
     state_dir: PathBuf,
@@ -1086,31 +927,27 @@ impl Service {
         let socket = dir.join("api.sock");
         let mount_dir = dir.join("mounts");
         let stderr = dir.join("stderr.log");
-        let child = Command::new(binary)
-            .arg("--scheme")
-            .arg("unix")
-            .arg("--socket-path")
-            .arg(&socket)
-            .arg("--mount-dir")
-            .arg(&mount_dir)
-            .arg("--log-dir")
-            .arg(dir.join("logs"))
-            .arg("--state-dir")
-            .arg(state_dir)
-            // On error paths the bench relies on SIGTERM releasing everything.
-            .arg("--cleanup-on-exit")
-            .env_remove("RUST_LOG")
-            .env("IMAGEAPI_LOGLEVEL", "INFO")
-            .stdin(Stdio::null())
-            .stdout(File::create(dir.join("stdout.log"))?)
-            .stderr(File::create(&stderr)?)
-            // Its own process group: a Ctrl-C reaches only the bench, which stops it in order.
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+        let process = ServerProcess::spawn(
+            Command::new(binary)
+                .args(private_dirs_args(
+                    &socket,
+                    &mount_dir,
+                    &dir.join("logs"),
+                    state_dir,
+                ))
+                // On error paths the bench relies on SIGTERM releasing everything.
+                .arg("--cleanup-on-exit")
+                .env_remove("RUST_LOG")
+                .env("IMAGEAPI_LOGLEVEL", "INFO")
+                .stdin(Stdio::null())
+                .stdout(File::create(dir.join("stdout.log"))?)
+                .stderr(File::create(&stderr)?)
+                // Its own process group: a Ctrl-C reaches only the bench, which stops it in order.
+                .process_group(0),
+        )
+        .with_context(|| format!("starting {}", binary.display()))?;
         let mut service = Service {
-            child,
-            exit: None,
+            process,
             socket,
             mount_dir,
             state_dir: state_dir.to_owned(),
@@ -1120,80 +957,42 @@ impl Service {
         Ok(service)
     }
 
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            check_interrupted()?;
-            self.check_alive()?;
-            if UnixStream::connect(&self.socket).is_ok() {
-                let mut client = Client::new(self.socket.clone());
-                if let Ok(resp) = client.call("GET", "/attach", None) {
-                    if resp.status == 200 {
-                        return Ok(());
-                    }
-                }
+        let check = || check_interrupted().map_err(|e| e.to_string());
+        let ready =
+            self.process
+                .wait_ready(&self.socket, PATIENCE, Duration::from_millis(20), check);
+        match ready {
+            Ok(()) => Ok(()),
+            Err(NotReady::Exited(status)) => {
+                bail!("imageapi-server exited with {status}{}", self.stderr_tail())
             }
-            if Instant::now() > deadline {
-                bail!(
-                    "imageapi-server not ready within {PATIENCE:?}{}",
-                    self.stderr_tail()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
+            Err(NotReady::TimedOut(_)) => bail!(
+                "imageapi-server not ready within {PATIENCE:?}{}",
+                self.stderr_tail()
+            ),
+            Err(NotReady::Stopped(why)) => bail!(why),
         }
     }
 
     fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            self.exit = Some(status);
+        if let Some(status) = self.process.try_exit()? {
             bail!("imageapi-server exited with {status}{}", self.stderr_tail());
         }
         Ok(())
     }
 
     fn stderr_tail(&self) -> String {
-        let text = fs::read_to_string(&self.stderr).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-        format!("\n--- last lines of {} ---\n{tail}", self.stderr.display())
+        format!(
+            "\n--- last lines of {} ---\n{}",
+            self.stderr.display(),
+            log_tail(&self.stderr, 20)
+        )
     }
 
     /// SIGTERM, then wait for a graceful exit (SIGKILL after [`PATIENCE`]).
     fn stop(&mut self) -> Result<ExitStatus> {
-        if let Some(status) = self.exit {
-            return Ok(status);
-        }
-        if let Some(status) = self.child.try_wait()? {
-            self.exit = Some(status);
-            return Ok(status);
-        }
-        // Not reaped yet (try_wait above), so the pid is still this child's.
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .stdin(Stdio::null())
-            .status();
-        if !sent.is_ok_and(|s| s.success()) {
-            let _ = self.child.kill();
-        }
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                self.exit = Some(status);
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let status = self.child.wait()?;
-                self.exit = Some(status);
-                bail!("imageapi-server did not stop within {PATIENCE:?} of SIGTERM (killed)");
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        self.process.terminate(PATIENCE).map_err(|e| anyhow!(e))
     }
 
     /// Bytes in the state dir (the store's files).
@@ -1210,31 +1009,20 @@ impl Service {
 
     /// VmRSS in kB.
     fn rss_kb(&self) -> Result<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
+        self.process
+            .rss_kb()
             .ok_or_else(|| anyhow!("no VmRSS for the service"))
     }
 
     /// The service's direct children (container inits and anything not reaped yet).
     fn children(&self) -> usize {
-        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", self.pid())) else {
-            return 0;
-        };
-        tasks
-            .flatten()
-            .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
-            .map(|c| c.split_whitespace().count())
-            .sum()
+        self.process.children()
     }
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
-        if self.exit.is_some() {
+        if self.process.exit_status().is_some() {
             // Already stopped, and reported by whoever saw it stop.
             return;
         }
@@ -1247,7 +1035,7 @@ impl Drop for Service {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 client over the unix socket
+// The HTTP client: test_support's kept-alive unix socket connection, with JSON bodies
 // ---------------------------------------------------------------------------------------------
 
 struct Response {
@@ -1256,79 +1044,39 @@ struct Response {
 }
 
 /// One kept-alive connection, reopened when it has been idle a while or broke.
-struct Client {
-    socket: PathBuf,
-    conn: Option<(BufReader<UnixStream>, Instant)>,
-}
+struct Client(test_support::Client);
 
 impl Client {
     fn new(socket: PathBuf) -> Client {
-        Client { socket, conn: None }
+        Client(test_support::Client::new(socket, MAX_IDLE))
     }
 
     /// `target` is below the API base path, with its query.
     fn call(&mut self, method: &str, target: &str, body: Option<&Value>) -> Result<Response> {
-        let reused = self.conn.is_some();
-        match self.exchange(method, target, body) {
-            Ok(resp) => Ok(resp),
-            // A GET on a connection the server had just closed is safe to send again.
-            Err(_) if reused && method == "GET" => {
-                self.conn = None;
-                self.exchange(method, target, body)
-            }
-            Err(e) => {
-                self.conn = None;
-                Err(e)
-            }
-        }
-        .with_context(|| format!("{method} {target}"))
-    }
-
-    fn exchange(&mut self, method: &str, target: &str, body: Option<&Value>) -> Result<Response> {
-        if self
-            .conn
-            .as_ref()
-            .is_some_and(|(_, used)| used.elapsed() > MAX_IDLE)
-        {
-            self.conn = None;
-        }
-        let (reader, _) = match &mut self.conn {
-            Some(conn) => conn,
-            None => {
-                let stream = UnixStream::connect(&self.socket)
-                    .with_context(|| format!("connecting to {}", self.socket.display()))?;
-                stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-                stream.set_write_timeout(Some(Duration::from_secs(120)))?;
-                self.conn.insert((BufReader::new(stream), Instant::now()))
-            }
-        };
-        let mut request = format!("{method} {API}{target} HTTP/1.1\r\nHost: localhost\r\n");
         let payload = body.map(serde_json::to_vec).transpose()?;
-        if let Some(payload) = &payload {
-            request.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                payload.len()
-            ));
-        }
-        request.push_str("\r\n");
-        let mut bytes = request.into_bytes();
-        bytes.extend(payload.unwrap_or_default());
-        reader.get_mut().write_all(&bytes)?;
-
-        let (status, close, body) = read_response(reader)?;
-        if close {
-            self.conn = None;
-        } else if let Some((_, used)) = &mut self.conn {
-            *used = Instant::now();
-        }
-        let body = if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&body).with_context(|| {
-                format!("answer is not JSON: {}", String::from_utf8_lossy(&body))
-            })?
-        };
-        Ok(Response { status, body })
+        let content_type = payload.as_ref().map(|_| "application/json");
+        let resp = self
+            .0
+            .send(
+                method,
+                &format!("{BASE}{target}"),
+                content_type,
+                payload.as_deref(),
+            )
+            .map_err(anyhow::Error::from)
+            .and_then(|resp| {
+                let body = if resp.body.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_str(&resp.body)
+                        .with_context(|| format!("answer is not JSON: {}", resp.body))?
+                };
+                Ok(Response {
+                    status: resp.status,
+                    body,
+                })
+            });
+        resp.with_context(|| format!("{method} {target}"))
     }
 
     /// Calls and insists on `expected`, else fails with the service's error message.
@@ -1349,74 +1097,6 @@ impl Client {
         }
         Ok(resp.body)
     }
-}
-
-/// Reads one answer: status, whether the server closes the connection, body.
-fn read_response(reader: &mut BufReader<UnixStream>) -> Result<(u16, bool, Vec<u8>)> {
-    let mut line = String::new();
-    ensure!(
-        reader.read_line(&mut line)? > 0,
-        "connection closed before an answer"
-    );
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| anyhow!("bad status line {line:?}"))?;
-    let (mut length, mut chunked, mut close) = (None, false, false);
-    loop {
-        line.clear();
-        ensure!(
-            reader.read_line(&mut line)? > 0,
-            "connection closed in the header"
-        );
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        let Some((name, value)) = header.split_once(':') else {
-            bail!("bad header line {header:?}");
-        };
-        let value = value.trim().to_ascii_lowercase();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => length = Some(value.parse::<usize>()?),
-            "transfer-encoding" => chunked = value.contains("chunked"),
-            "connection" => close = value.contains("close"),
-            _ => {}
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            line.clear();
-            reader.read_line(&mut line)?;
-            let size_hex = line.trim_end().split(';').next().unwrap_or("");
-            let size = usize::from_str_radix(size_hex.trim(), 16)
-                .with_context(|| format!("bad chunk size {line:?}"))?;
-            if size == 0 {
-                // Trailers, then the empty line.
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            reader.read_exact(&mut body[start..])?;
-            let mut crlf = [0u8; 2];
-            reader.read_exact(&mut crlf)?;
-        }
-    } else if let Some(length) = length {
-        body.resize(length, 0);
-        reader.read_exact(&mut body)?;
-    } else {
-        reader.read_to_end(&mut body)?;
-        close = true;
-    }
-    Ok((status, close, body))
 }
 
 fn id_of(object: &Value) -> Result<i64> {
@@ -1449,7 +1129,7 @@ fn check_released(service: &mut Service, client: &mut Client, image: &Path) -> R
     let mount_dir = service.mount_dir.clone();
     let clean = || {
         service.children() == 0
-            && Leaks::under(&mount_dir).mounts.is_empty()
+            && leaks_below(&mount_dir).mounts.is_empty()
             && !loop_devices()
                 .iter()
                 .any(|(_, backing)| Path::new(backing) == image)
@@ -1458,7 +1138,7 @@ fn check_released(service: &mut Service, client: &mut Client, image: &Path) -> R
         wait_until(clean),
         "not released within {PATIENCE:?}: {} children of the service, {}, image still attached: {}",
         service.children(),
-        Leaks::under(&mount_dir),
+        leaks_below(&mount_dir),
         loop_devices().iter().any(|(_, b)| Path::new(b) == image)
     );
     service.check_alive()
@@ -1604,7 +1284,7 @@ fn many_containers(
     count: usize,
 ) -> Result<Scale> {
     let rss_idle = service.rss_kb()?;
-    let cgroups_before = cgroup_dirs();
+    let cgroups_before = container_cgroups();
     let shared = client.expect(
         "POST",
         "/mount",
@@ -1646,7 +1326,10 @@ fn many_containers(
     let create_total = started.elapsed();
 
     // The cgroups that came with this service's containers.
-    let ours: Vec<PathBuf> = cgroup_dirs().difference(&cgroups_before).cloned().collect();
+    let ours: Vec<PathBuf> = container_cgroups()
+        .difference(&cgroups_before)
+        .cloned()
+        .collect();
     let measured = created.and_then(|()| {
         ensure!(
             ours.len() >= count,
@@ -1728,17 +1411,6 @@ fn many_containers(
     })
 }
 
-/// Every container cgroup directory (`<hierarchy>/imageapi/*`) on the host.
-fn cgroup_dirs() -> BTreeSet<PathBuf> {
-    mountinfo()
-        .into_iter()
-        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
-        .filter_map(|m| fs::read_dir(m.mount_point.join("imageapi")).ok())
-        .flat_map(|entries| entries.flatten().map(|e| e.path()))
-        .filter(|path| path.is_dir())
-        .collect()
-}
-
 /// The in-process containers' runtime, made at the first launch, as an engine makes its own.
 fn container_runtime() -> &'static std::sync::Arc<actors::container::Runtime> {
     static RUNTIME: std::sync::OnceLock<std::sync::Arc<actors::container::Runtime>> =
@@ -1755,7 +1427,7 @@ static ATTACH_TURN: actors::sys::loopdev::AttachTurn = actors::sys::loopdev::Att
 /// The cgroups of this run's in-process containers still present in any hierarchy.
 fn floor_cgroups_left() -> Vec<String> {
     let first = init_config_id(0);
-    cgroup_dirs()
+    container_cgroups()
         .into_iter()
         .filter(|dir| {
             let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();

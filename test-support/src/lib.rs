@@ -1,0 +1,26 @@
+//! What the end-to-end tests (`tests/common`) and the benchmark (`bench/`) share: the service
+//! under test as a process with private dirs ([`server`], [`service`]), a minimal HTTP/1.1 client
+//! ([`http`]), image builders ([`images`]), JSON request and response helpers ([`json`]) and
+//! kernel-state checks: mounts, loop devices, container cgroups ([`kernel`]).
+//!
+//! The service binary is never found at compile time: callers pass its path (the tests
+//! `env!("CARGO_BIN_EXE_imageapi-server")`, the bench the one next to its own executable).
+//!
+//! Everything is re-exported at the root, so `tests/common` can `pub use test_support::*;`.
+
+pub mod http;
+pub mod images;
+pub mod json;
+pub mod kernel;
+pub mod server;
+pub mod service;
+
+pub use http::*;
+pub use images::*;
+pub use json::*;
+pub use kernel::*;
+pub use server::*;
+pub use service::*;
+
+/// Base path of every endpoint.
+pub const BASE: &str = "/imageapi/v1";
