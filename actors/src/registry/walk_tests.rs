@@ -14,11 +14,24 @@ use crate::model::spec::{attach_child, Invalid};
 use crate::model::wire::{Attach, AttachKind, AttachLocal, Id, Mount, MountAttach, MountKind};
 use crate::registry::graph::{GraphError, ObjectKind};
 
-/// What the fakes were asked to do, in order.
+/// What the fakes were asked to do, in order; and a gate the release of a device called `hang`
+/// waits at until opened.
 #[derive(Clone, Default)]
-struct Calls(Arc<Mutex<Vec<String>>>);
+struct Calls(
+    Arc<Mutex<Vec<String>>>,
+    Arc<(Mutex<bool>, std::sync::Condvar)>,
+);
 
 impl Calls {
+    fn open_gate(&self) {
+        *self.1 .0.lock().unwrap() = true;
+        self.1 .1.notify_all();
+    }
+    fn wait_at_gate(&self) {
+        let (open, opened) = &*self.1;
+        let guard = open.lock().unwrap();
+        drop(opened.wait_while(guard, |open| !*open).unwrap());
+    }
     fn push(&self, call: String) {
         self.0.lock().unwrap().push(call);
     }
@@ -70,7 +83,8 @@ impl Driver for FakeDevice {
     type Object = Attach;
     type Spec = FakeSpec;
     type Facts = FakeFacts;
-    type Resource = ();
+    /// Its name.
+    type Resource = String;
     const KIND: AttachKind = AttachKind::Local;
 
     fn parse(
@@ -93,13 +107,16 @@ impl Driver for FakeDevice {
         id: Id,
         spec: &FakeSpec,
         deps: &[Dep],
-    ) -> Result<((), FakeFacts), Error> {
-        made(&self.0, "device", id, spec, deps)
+    ) -> Result<(String, FakeFacts), Error> {
+        made(&self.0, "device", id, spec, deps).map(|((), facts)| (spec.name.clone(), facts))
     }
-    fn adopt(&self, _: &Host, _: Id, _: &FakeSpec, _: &FakeFacts) -> Option<()> {
-        Some(())
+    fn adopt(&self, _: &Host, _: Id, spec: &FakeSpec, _: &FakeFacts) -> Option<String> {
+        Some(spec.name.clone())
     }
-    fn release(&self, _: &Host, (): (), force: bool) -> Result<(), Error> {
+    fn release(&self, _: &Host, name: String, force: bool) -> Result<(), Error> {
+        if name == "hang" {
+            self.0.wait_at_gate();
+        }
         self.0.push(format!("release device force={force}"));
         Ok(())
     }
@@ -318,5 +335,26 @@ fn two_engines_in_one_process_share_nothing() {
         assert_eq!(first.list_attach(None, None).await.unwrap(), [a]);
         assert_eq!(second.list_attach(None, None).await.unwrap(), [b]);
         second.shutdown().await;
+    })
+}
+
+#[test]
+fn a_release_that_hangs_holds_up_only_what_depends_on_it() {
+    with_engine(async |engine, calls| {
+        engine.create_attach(device("hang")).await.unwrap();
+        engine.create_attach(device("other")).await.unwrap();
+        calls.take();
+        let stuck = engine.clone();
+        let hanging = actix_rt::spawn(async move { stuck.delete_attach(1, false).await });
+        let other = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            engine.delete_attach(2, false),
+        )
+        .await;
+        assert!(other.expect("an unrelated release is not held up").is_ok());
+        assert_eq!(calls.take(), ["release device force=false"]);
+        assert!(!hanging.is_finished());
+        calls.open_gate();
+        hanging.await.unwrap().unwrap();
     })
 }
