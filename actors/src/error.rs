@@ -50,6 +50,10 @@ pub enum Error {
     /// A kind this service or this kernel has no driver for.
     #[error("{origin}: {reason}")]
     Unsupported { origin: Origin, reason: String },
+    /// A storage server (Ceph monitor or OSD, NFS server, iSCSI target) could not be reached or
+    /// did not answer within the driver's bounded time.
+    #[error("{origin}: {reason}")]
+    Unreachable { origin: Origin, reason: String },
     /// A kernel operation failed.
     #[error("{origin}: {source}")]
     Kernel {
@@ -72,6 +76,20 @@ impl Error {
         }
     }
 
+    pub fn unsupported(origin: Origin, reason: impl Into<String>) -> Self {
+        Error::Unsupported {
+            origin,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn unreachable(origin: Origin, reason: impl Into<String>) -> Self {
+        Error::Unreachable {
+            origin,
+            reason: reason.into(),
+        }
+    }
+
     pub fn kernel(origin: Origin) -> impl FnOnce(SysError) -> Error {
         move |source| Error::Kernel { origin, source }
     }
@@ -81,6 +99,7 @@ impl Error {
         match self {
             Error::Rejected { origin, .. }
             | Error::Unsupported { origin, .. }
+            | Error::Unreachable { origin, .. }
             | Error::Kernel { origin, .. } => Some(*origin),
             _ => None,
         }
@@ -90,9 +109,9 @@ impl Error {
     pub fn reason(&self) -> Option<String> {
         match self {
             Error::Kernel { source, .. } => Some(source.errno.to_string()),
-            Error::Rejected { reason, .. } | Error::Unsupported { reason, .. } => {
-                Some(reason.clone())
-            }
+            Error::Rejected { reason, .. }
+            | Error::Unsupported { reason, .. }
+            | Error::Unreachable { reason, .. } => Some(reason.clone()),
             _ => None,
         }
     }

@@ -102,6 +102,7 @@ impl From<Error> for ApiError {
             )
             | Error::ContainerBusy { .. } => StatusCode::CONFLICT,
             Error::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
+            Error::Unreachable { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::Kernel { .. } | Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };

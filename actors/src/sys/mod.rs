@@ -5,6 +5,7 @@ pub mod beneath;
 pub mod blockdev;
 pub(crate) mod clone;
 pub(crate) mod fd;
+pub mod kmod;
 pub mod loopdev;
 pub mod mountinfo;
 pub mod mounts;
