@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod images;
+pub mod iscsi_target;
 pub mod json;
 pub mod kernel;
 pub mod server;
@@ -17,6 +18,7 @@ pub mod service;
 
 pub use http::*;
 pub use images::*;
+pub use iscsi_target::*;
 pub use json::*;
 pub use kernel::*;
 pub use server::*;

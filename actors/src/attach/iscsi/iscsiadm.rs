@@ -7,7 +7,9 @@
 
 use std::fmt;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -107,6 +109,9 @@ impl Call {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // A group of its own, so that nothing it does to its group reaches the service;
+            // still the service's session (see the module documentation).
+            .process_group(0)
             .spawn()
             .map_err(|err| Failure::NotInstalled(err.to_string()))?;
         let stdout = drain(child.stdout.take());
@@ -186,23 +191,29 @@ impl fmt::Display for Failure {
 }
 
 /// A thread reading a pipe to its end, so that a chatty child never blocks on a full pipe.
-struct Drain(Option<thread::JoinHandle<String>>);
+struct Drain(Option<mpsc::Receiver<String>>);
+
+/// How long the output may still take once iscsiadm has exited: a process it started (as its
+/// `iscsid.startup` command) may hold the pipe open for good.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 impl Drain {
     fn join(self) -> String {
         self.0
-            .and_then(|reader| reader.join().ok())
+            .and_then(|output| output.recv_timeout(DRAIN_GRACE).ok())
             .unwrap_or_default()
     }
 }
 
 fn drain(pipe: Option<impl Read + Send + 'static>) -> Drain {
     Drain(pipe.map(|mut pipe| {
+        let (send, output) = mpsc::channel();
         thread::spawn(move || {
             let mut bytes = Vec::new();
             let _ = pipe.read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
+            let _ = send.send(String::from_utf8_lossy(&bytes).into_owned());
+        });
+        output
     }))
 }
 
