@@ -229,7 +229,28 @@ impl IscsiTarget {
 }
 
 impl Drop for IscsiTarget {
+    /// What a failed test left (sessions to this target, their records, ifaces of services no
+    /// session uses) goes first, so that it does not fail the next test; then the daemons.
     fn drop(&mut self) {
+        for session in iscsi_sessions_to(self.port) {
+            let number = session.trim_start_matches("session");
+            let _ = iscsiadm(&["-m", "session", "-r", number, "-u"]);
+        }
+        let portal = format!("127.0.0.1:{}", self.port);
+        let _ = iscsiadm(&["-m", "node", "-p", &portal, "-o", "delete"]);
+        let used: Vec<String> = iscsi_sessions()
+            .iter()
+            .filter_map(|session| iscsi_session_attr(session, "ifacename"))
+            .collect();
+        let (_, ifaces) = iscsiadm(&["-m", "iface"]);
+        for iface in ifaces
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+        {
+            if iface.starts_with("imageapi-") && !used.iter().any(|u| u == iface) {
+                let _ = iscsiadm(&["-m", "iface", "-I", iface, "-o", "delete"]);
+            }
+        }
         self.kill_target();
         if let Some(mut iscsid) = self.iscsid.take() {
             if let Err(e) = iscsid.terminate(Duration::from_secs(10)) {
@@ -262,7 +283,19 @@ pub fn iscsi_session_attr(session: &str, name: &str) -> Option<String> {
     .map(|value| value.trim().to_string())
 }
 
-/// The session whose `ifacename` starts with `prefix`.
+/// The sessions connected to port `port` (of any address).
+pub fn iscsi_sessions_to(port: u16) -> Vec<String> {
+    iscsi_sessions()
+        .into_iter()
+        .filter(|session| {
+            let number = session.trim_start_matches("session");
+            let port_file = format!("/sys/class/iscsi_connection/connection{number}:0/port");
+            fs::read_to_string(port_file).is_ok_and(|p| p.trim() == port.to_string())
+        })
+        .collect()
+}
+
+/// The sessions whose `ifacename` starts with `prefix`.
 pub fn iscsi_sessions_of(prefix: &str) -> Vec<String> {
     iscsi_sessions()
         .into_iter()
