@@ -237,13 +237,19 @@ fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process::Ex
     }
 }
 
-/// iscsiadm's own explanation: its `iscsiadm: ...` lines on stderr, else its last line.
+/// iscsiadm's own explanation: its `iscsiadm: ...` lines on stderr (each once: it repeats a
+/// refused connection for every retry), else its last line.
 fn message(stderr: &str, stdout: &str) -> String {
-    let lines: Vec<&str> = stderr
+    let mut lines: Vec<&str> = Vec::new();
+    for line in stderr
         .lines()
         .filter_map(|line| line.trim().strip_prefix("iscsiadm: "))
         .filter(|line| !line.starts_with("Could not log into all portals"))
-        .collect();
+    {
+        if !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
     if !lines.is_empty() {
         return lines.join("; ");
     }
@@ -320,6 +326,14 @@ mod tests {
              initiator reported error (8 - connection timed out)"
         );
         assert_eq!(message("", "last\n\n"), "last");
+        let retried = "iscsiadm: cannot make connection to 127.0.0.1: Connection refused\n\
+                       iscsiadm: cannot make connection to 127.0.0.1: Connection refused\n\
+                       iscsiadm: Could not perform SendTargets discovery: iSCSI PDU timed out\n";
+        assert_eq!(
+            message(retried, ""),
+            "cannot make connection to 127.0.0.1: Connection refused; \
+             Could not perform SendTargets discovery: iSCSI PDU timed out"
+        );
     }
 
     #[test]
