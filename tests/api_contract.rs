@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 
 use actors::model::wire::{
     Attach, AttachIscsi, AttachKind, AttachLocal, AttachLoopback, AttachRbd, Base, Container,
-    ContainerState, Mount, MountAttach, MountBind, MountKind, MountNfs, MountOverlay, MountUri,
-    Namespace, RbdOptions, Secret,
+    ContainerState, IscsiChap, Mount, MountAttach, MountBind, MountKind, MountNfs, MountOverlay,
+    MountUri, Namespace, RbdOptions, Secret,
 };
 use imageapi::api::error::ApiError;
 use imageapi::api::ROUTES;
@@ -286,6 +286,14 @@ fn full_attach_iscsi() -> AttachIscsi {
         max_comands: 128,
         queue_depth: 16,
         scheduler: "none".into(),
+        chap: Some(full_iscsi_chap()),
+    }
+}
+
+fn full_iscsi_chap() -> IscsiChap {
+    IscsiChap {
+        username: "node1".into(),
+        secret: Secret::new("chap-secret-of-node1"),
     }
 }
 
@@ -450,6 +458,13 @@ fn pairs() -> Vec<Pair> {
                 "host": "10.0.0.3",
             }),
             roundtrip: roundtrip::<AttachIscsi>,
+            rust_enforces_required: true,
+        },
+        Pair {
+            definition: "iscsi_chap",
+            full: to_json(&full_iscsi_chap()),
+            minimal: json!({"username": "node1", "secret": "chap-secret-of-node1"}),
+            roundtrip: roundtrip::<IscsiChap>,
             rust_enforces_required: true,
         },
         Pair {

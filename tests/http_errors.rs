@@ -663,3 +663,33 @@ fn plain_http_listener_serves_the_same_api() {
     svc.stop_ok();
     assert_no_leaks(svc.dir());
 }
+
+/// This host's kernel has no iscsi_tcp (see issue 9): an iscsi attachment is 501 from the iscsi
+/// stage, naming the missing support, after the driver tried to load it.
+#[test]
+fn iscsi_without_kernel_support_is_501_naming_iscsi_tcp() {
+    if std::path::Path::new("/sys/module/iscsi_tcp").exists() {
+        eprintln!("this kernel has iscsi_tcp: the VM tests (tests/vm_iscsi.rs) cover it");
+        return;
+    }
+    let mut svc = Service::start();
+    let iscsi = json!({ "kind": "iscsi", "iscsi": {
+        "initiator": "iqn.2024-01.org.example:node1",
+        "target": "iqn.2024-01.org.example:storage.disk1",
+        "host": "127.0.0.1",
+        "chap": { "username": "node1", "secret": "chap-secret-on-the-host" }
+    }});
+    let resp = refuse(&svc, "attach", &iscsi, 501);
+    let body = assert_nested_failure(&resp, "attach", Some("iscsi"));
+    assert_error(&resp, 501);
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("no iscsi_tcp support"), "{reason}");
+    assert!(
+        !resp.to_string().contains("chap-secret-on-the-host"),
+        "{resp}"
+    );
+    svc.assert_empty();
+    svc.stop_ok();
+    assert!(!svc.stderr_log().contains("chap-secret-on-the-host"));
+    assert_no_leaks(svc.dir());
+}

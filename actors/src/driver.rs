@@ -513,7 +513,7 @@ impl Kinds {
             .with(crate::attach::local::Local)
             .with(crate::attach::loopback::Loopback)
             .with(CheckedOnly(crate::attach::rbd::Rbd))
-            .with(CheckedOnly(crate::attach::iscsi::Iscsi))
+            .with(crate::attach::iscsi::Iscsi)
             .with(crate::mount::attach::AttachFs)
             .with(crate::mount::bind::Bind)
             .with(CheckedOnly(crate::mount::nfs::Nfs))

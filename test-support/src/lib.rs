@@ -11,6 +11,7 @@
 pub mod debian;
 pub mod http;
 pub mod images;
+pub mod iscsi_target;
 pub mod json;
 pub mod kernel;
 pub mod server;
@@ -19,6 +20,7 @@ pub mod service;
 pub use debian::*;
 pub use http::*;
 pub use images::*;
+pub use iscsi_target::*;
 pub use json::*;
 pub use kernel::*;
 pub use server::*;

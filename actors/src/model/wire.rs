@@ -383,6 +383,23 @@ pub struct AttachIscsi {
         deserialize_with = "scheduler_or_default"
     )]
     pub scheduler: String,
+    /// An extension of the contract (whose reference logs in without authentication): CHAP
+    /// credentials the initiator answers the target's challenge with.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub chap: Option<IscsiChap>,
+}
+
+/// CHAP credentials of an iSCSI login. The secret is never shown again (see [`Secret`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IscsiChap {
+    #[serde(deserialize_with = "required")]
+    pub username: String,
+    #[serde(deserialize_with = "required")]
+    pub secret: Secret,
 }
 
 /// A filesystem: attach, bind, nfs, overlay or uri.
