@@ -156,8 +156,8 @@ fn body_fields_are_checked_and_named() {
         ),
         (
             "mount",
-            json!({ "kind": "uri", "uri": { "uri": "ftp://example.org/image.tar" } }),
-            "uri.uri",
+            json!({ "kind": "uri", "uri": { "url": "ftp://example.org/image.tar" } }),
+            "uri.url",
         ),
         // IPv4 formats.
         (

@@ -10,6 +10,7 @@
 
 pub mod debian;
 pub mod http;
+pub mod http_server;
 pub mod images;
 pub mod json;
 pub mod kernel;
@@ -18,6 +19,7 @@ pub mod service;
 
 pub use debian::*;
 pub use http::*;
+pub use http_server::*;
 pub use images::*;
 pub use json::*;
 pub use kernel::*;

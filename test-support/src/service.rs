@@ -27,6 +27,8 @@ pub struct ServiceOptions {
     /// Start without `--cleanup-on-exit`: a SIGTERM then leaves every object in place for the
     /// next start (see [`Service::restart`]).
     pub keep_objects: bool,
+    /// More flags for every start (e.g. `--uri-cache-limit`).
+    pub extra_args: Vec<OsString>,
 }
 
 /// A running `imageapi-server` with its own temp dir (socket, mount dir, log dir, images).
@@ -70,6 +72,7 @@ impl Service {
         } else {
             None
         };
+        args.extend(options.extra_args.iter().cloned());
         let process = spawn_service(server, &dir, &args, !options.keep_objects);
         let mut service = Service {
             tmp: Some(tmp),
