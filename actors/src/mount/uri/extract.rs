@@ -192,7 +192,13 @@ pub fn unpack(archive: impl Read, root: &Path, devices: bool) -> Result<u64, Ext
                     ExtractError::Corrupt(format!("hard link {raw_path:?} has no target"))
                 })?;
                 let target = String::from_utf8_lossy(&target).into_owned();
-                let target_path = components(&target)?;
+                let target_path = components(&target).map_err(|err| match err {
+                    ExtractError::Escapes { why, .. } => ExtractError::Escapes {
+                        path: format!("{raw_path} (a hard link to {target})"),
+                        why,
+                    },
+                    other => other,
+                })?;
                 let Some((target_name, target_parents)) = target_path.split_last() else {
                     return Err(ExtractError::Corrupt(format!(
                         "hard link {raw_path:?} to the root"

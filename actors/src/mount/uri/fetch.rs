@@ -237,6 +237,14 @@ fn request_failed(url: &str, err: ureq::Error) -> Error {
     use ureq::Error as E;
     let reason = format!("{url}: {err}");
     match err {
+        // A certificate the service does not trust is the server's refusal, not its absence.
+        E::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            Error::rejected(DOWNLOAD, reason)
+        }
         E::Io(_) | E::Timeout(_) | E::HostNotFound | E::ConnectionFailed | E::BodyStalled => {
             Error::unreachable(DOWNLOAD, reason)
         }
@@ -270,7 +278,12 @@ fn stream(
             Ok(read) => read,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
-                let reason = if err.kind() == io::ErrorKind::TimedOut {
+                let timed_out = err.kind() == io::ErrorKind::TimedOut
+                    || err
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+                        .is_some_and(|inner| matches!(inner, ureq::Error::Timeout(_)));
+                let reason = if timed_out {
                     format!("{url}: the transfer stalled after {size} bytes: {err}")
                 } else {
                     format!("{url}: the transfer broke off after {size} bytes: {err}")
