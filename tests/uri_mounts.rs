@@ -466,6 +466,12 @@ fn each_failure_names_its_stage_and_leaves_nothing() {
         eprintln!("{what}: {}", error["message"]);
         assert!(svc.list("/mount").is_empty(), "{what}");
         assert_eq!(partials(&svc), 0, "{what}: a partial download is left");
+        if what != "full ramdisk" {
+            assert!(
+                cache_entries(&svc).is_empty(),
+                "{what}: a refused download is kept"
+            );
+        }
         let leaks = leaks_under(svc.dir());
         assert!(leaks.is_empty(), "{what}: {leaks}");
         assert!(

@@ -358,6 +358,26 @@ impl Lease {
     pub fn path(&self) -> PathBuf {
         self.cache.path_of(&self.key)
     }
+
+    /// Gives the entry up and removes it, unless another mount uses it: its content was
+    /// refused.
+    pub fn discard(self) {
+        let mut state = self
+            .cache
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = state.slots.get_mut(&self.key) {
+            if slot.users == 1 && !slot.busy && slot.meta.take().is_some() {
+                slot.verified = false;
+                self.cache.remove_files(&self.key);
+                info!(
+                    key = self.key,
+                    "cache entry removed: its content was refused"
+                );
+            }
+        }
+    }
 }
 
 impl Drop for Lease {
@@ -452,6 +472,19 @@ mod tests {
             "the second sees the first one's entry"
         );
         drop(lease);
+    }
+
+    #[test]
+    fn a_discarded_entry_goes_unless_another_uses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(Cache::new(dir.path().to_path_buf(), 1 << 20));
+        let first = put(&cache, "a", b"image");
+        let second = cache.turn("a").unwrap().reuse().unwrap();
+        first.discard();
+        assert!(cache.path_of("a").is_file(), "still in use");
+        second.discard();
+        assert!(!cache.path_of("a").exists());
+        assert!(cache.turn("a").unwrap().existing().is_none());
     }
 
     #[test]

@@ -162,44 +162,15 @@ impl Driver for Uri {
         _: &[Dep],
     ) -> Result<(UriMount, UriFacts), Error> {
         let lease = self.obtain(id, spec)?;
-        let path = lease.path();
-        let format = match spec.format {
-            UriFormat::Auto => detect(&path)?,
-            format => format,
-        };
-        info!(id, format = format.as_str(), "mounting");
-        let (mounted, device, size) = if is_archive(format) {
-            let (mounted, size) = unpack(host, id, &path, format, spec)?;
-            (mounted, None, Some(size))
-        } else {
-            let (mounted, device) = mount_image(host, id, &path, format)?;
-            (mounted, device, None)
-        };
-        let loop_device = device.as_ref().map(|device| UriLoop {
-            number: device.number(),
-            backing_file: loopdev::backing_file(device.number()).unwrap_or_else(|| path.clone()),
-        });
-        let MountFacts {
-            mountpoint,
-            fs_type,
-        } = mounted.facts();
-        let facts = UriFacts {
-            mountpoint,
-            fs_type: fs_type.unwrap_or_default(),
-            format,
-            cache_key: lease.key().to_string(),
-            loop_device,
-            size,
-        };
-        info!(id, mountpoint = %facts.mountpoint.display(), "uri mounted");
-        Ok((
-            UriMount {
-                mounted,
-                device,
-                lease,
-            },
-            facts,
-        ))
+        match mount_entry(host, id, spec, &lease) {
+            Ok(made) => Ok(made.into_resource(lease)),
+            Err(err) => {
+                if matches!(err, Error::Rejected { .. }) {
+                    lease.discard();
+                }
+                Err(err)
+            }
+        }
     }
 
     fn adopt(&self, _: &Host, _: Id, _: &UriSpec, facts: &UriFacts) -> Option<UriMount> {
@@ -434,6 +405,63 @@ impl Uri {
             }
         }
     }
+}
+
+/// A mount made of a cache entry, before it holds its lease.
+struct Made {
+    mounted: MountedFs,
+    device: Option<LoopDevice>,
+    facts: UriFacts,
+}
+
+impl Made {
+    fn into_resource(self, lease: Lease) -> (UriMount, UriFacts) {
+        let resource = UriMount {
+            mounted: self.mounted,
+            device: self.device,
+            lease,
+        };
+        (resource, self.facts)
+    }
+}
+
+/// Mounts the cache entry `lease` holds: an image as it is, an archive unpacked.
+fn mount_entry(host: &Host, id: Id, spec: &UriSpec, lease: &Lease) -> Result<Made, Error> {
+    let path = lease.path();
+    let format = match spec.format {
+        UriFormat::Auto => detect(&path)?,
+        format => format,
+    };
+    info!(id, format = format.as_str(), "mounting");
+    let (mounted, device, size) = if is_archive(format) {
+        let (mounted, size) = unpack(host, id, &path, format, spec)?;
+        (mounted, None, Some(size))
+    } else {
+        let (mounted, device) = mount_image(host, id, &path, format)?;
+        (mounted, device, None)
+    };
+    let loop_device = device.as_ref().map(|device| UriLoop {
+        number: device.number(),
+        backing_file: loopdev::backing_file(device.number()).unwrap_or_else(|| path.clone()),
+    });
+    let MountFacts {
+        mountpoint,
+        fs_type,
+    } = mounted.facts();
+    let facts = UriFacts {
+        mountpoint,
+        fs_type: fs_type.unwrap_or_default(),
+        format,
+        cache_key: lease.key().to_string(),
+        loop_device,
+        size,
+    };
+    info!(id, mountpoint = %facts.mountpoint.display(), "uri mounted");
+    Ok(Made {
+        mounted,
+        device,
+        facts,
+    })
 }
 
 /// The format of a file by its magic bytes.
