@@ -250,6 +250,24 @@ fn https_with_the_ca_flag_redirects_files_and_go_client_zero_values() {
 }
 
 #[test]
+fn https_without_the_ca_flag_trusts_only_the_system_roots() {
+    let mut svc = Service::start();
+    let server = HttpServer::start_https();
+    server.serve("/image", Reply::bytes(vec![0; 4096]));
+    let resp = svc.post("/mount", &uri_mount(&server.url("/image")));
+    assert_error(&resp, 422);
+    let error = assert_nested_failure(&resp, "mount", Some("uri/download"));
+    assert!(
+        error["reason"].as_str().unwrap().contains("certificate"),
+        "{error}"
+    );
+    assert!(cache_entries(&svc).is_empty() && partials(&svc) == 0);
+    svc.assert_empty();
+    svc.stop_ok();
+    assert_no_leaks(svc.dir());
+}
+
+#[test]
 fn a_container_boots_from_an_overlay_of_a_uri_archive() {
     let mut svc = Service::start();
     let server = HttpServer::start();
@@ -340,7 +358,7 @@ fn crafted_tar(dir: &Path, name: &str, script: &str) -> PathBuf {
 
 #[test]
 fn each_failure_names_its_stage_and_leaves_nothing() {
-    let mut svc = service_with(&["--uri-stall-timeout", "1s"]);
+    let mut svc = service_with(&["--uri-stall-timeout", "1s", "--uri-max-size", "8MiB"]);
     let server = HttpServer::start();
     let src = system_tree(svc.dir(), "fail");
     let image = pack(&src, svc.dir(), "fail", "squashfs");
@@ -361,6 +379,7 @@ fn each_failure_names_its_stage_and_leaves_nothing() {
         },
     );
     server.serve("/garbage", Reply::bytes(vec![0x5a; 64 << 10]));
+    server.serve("/huge", Reply::bytes(vec![0; 9 << 20]));
     let mut corrupt = fs::read(pack(&src, svc.dir(), "fail", "tar.gz")).unwrap();
     corrupt.truncate(corrupt.len() / 2);
     server.serve("/corrupt.tar.gz", Reply::bytes(corrupt));

@@ -353,7 +353,16 @@ impl Uri {
     fn obtain(&self, id: Id, spec: &UriSpec) -> Result<Lease, Error> {
         let key = key_of(spec);
         let turn = self.cache.turn(&key).map_err(cache_failed)?;
-        let known = turn.existing().filter(|_| turn.intact());
+        // A digest's entry must hold that digest's content: its metadata says so, and its file
+        // is hashed again before its first reuse in a run.
+        let known = turn
+            .existing()
+            .filter(|meta| {
+                spec.sha256
+                    .as_ref()
+                    .is_none_or(|digest| *digest == meta.sha256)
+            })
+            .filter(|_| turn.intact());
         if known.is_some() && spec.sha256.is_some() {
             info!(id, key, "image in the cache");
             return turn.reuse().map_err(cache_failed);
