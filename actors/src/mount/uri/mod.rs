@@ -236,29 +236,14 @@ impl Driver for Uri {
     /// between the attach and its record): detached. The mount on such a device is cleaned up
     /// with the unclaimed mountpoints.
     fn sweep(&self, host: &Host, held: &[&UriFacts]) {
-        let ours = loop_tag_prefix(&host.instance);
-        for number in loopdev::bound_devices() {
-            let tagged = loopdev::tag_of(number).is_some_and(|tag| tag.starts_with(&ours));
-            let is_held = held.iter().any(|facts| {
+        crate::attach::loopback::detach_unheld(&loop_tag_prefix(&host.instance), |number| {
+            held.iter().any(|facts| {
                 facts
                     .loop_device
                     .as_ref()
-                    .is_some_and(|lo| lo.number == number)
-            });
-            if !tagged || is_held {
-                continue;
-            }
-            warn!(
-                device = number,
-                "loop device of a uri mount held by no object: detaching it"
-            );
-            let backing = loopdev::backing_file(number).unwrap_or_default();
-            if let Some(device) = LoopDevice::adopt(number, &backing) {
-                if let Err(err) = device.detach() {
-                    warn!(device = number, error = %err, "cannot detach");
-                }
-            }
-        }
+                    .is_some_and(|device| device.number == number)
+            })
+        });
     }
 }
 
@@ -545,13 +530,21 @@ fn mount_image(
         let direct = mount_on_fresh_dir(&host.mount_dir, MOUNT, Some(fs_type), |target| {
             mounts::mount_filesystem(path, target, fs_type, &read_only).map_err(|err| {
                 match err.errno {
-                    Errno::ENOTBLK => Error::unsupported(MOUNT, "no file-backed erofs"),
+                    // Before file-backed erofs (Linux 6.12) the source must be a block device.
+                    Errno::ENOTBLK => Error::kernel(MOUNT)(err),
                     _ => mount_failed("erofs")(err),
                 }
             })
         });
         match direct {
-            Err(Error::Unsupported { .. }) => {
+            Err(Error::Kernel {
+                source:
+                    SysError {
+                        errno: Errno::ENOTBLK,
+                        ..
+                    },
+                ..
+            }) => {
                 info!(
                     id,
                     "this kernel mounts erofs from block devices only: using a loop device"
