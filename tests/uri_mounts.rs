@@ -613,3 +613,68 @@ fn a_read_only_archive_refuses_writes() {
     svc.stop_ok();
     assert_no_leaks(svc.dir());
 }
+
+#[test]
+fn a_crash_during_creates_leaves_no_unlisted_mount_or_loop_device() {
+    let mut svc = Service::start_with(ServiceOptions {
+        keep_objects: true,
+        ..ServiceOptions::default()
+    });
+    let server = HttpServer::start();
+    let src = system_tree(svc.dir(), "crash");
+    let image = pack(&src, svc.dir(), "crash", "squashfs");
+    server.serve("/crash.squashfs", Reply::File(image.clone()));
+    let body = uri_mount_with(
+        &server.url("/crash.squashfs"),
+        json!({ "digest": sha256_of(&image) }),
+    );
+    // The image is cached: a create is a loop attach and a mount, which the kills cut anywhere.
+    let warm = svc.create("mount", &body);
+    svc.remove("mount", id_of(&warm));
+    for round in 0..12u64 {
+        let socket = svc.dir().join("api.sock");
+        let payload = body.to_string();
+        let creator = std::thread::spawn(move || {
+            let _ = try_http_request(
+                &Transport::Unix(socket),
+                "POST",
+                &format!("{BASE}/mount"),
+                Some("application/json"),
+                Some(payload.as_bytes()),
+            );
+        });
+        std::thread::sleep(Duration::from_millis(1 + (round * 7) % 60));
+        svc.crash_and_restart(true);
+        let _ = creator.join();
+        let listed: Vec<String> = svc.list("/mount").iter().map(mountpoint_of).collect();
+        for mountpoint in mounts_under(&svc.mount_dir()) {
+            assert!(
+                listed.contains(&mountpoint),
+                "round {round}: mounted but not listed: {mountpoint}"
+            );
+        }
+        let sources: Vec<String> = listed
+            .iter()
+            .filter_map(|mountpoint| mount_entry(mountpoint))
+            .map(|entry| entry.source)
+            .collect();
+        let only_listed = wait_for(RELEASE_GRACE, || {
+            loops_under(svc.dir())
+                .iter()
+                .all(|(device, _)| sources.contains(device))
+        });
+        assert!(
+            only_listed,
+            "round {round}: loop devices of no listed mount: {:?}",
+            loops_under(svc.dir())
+        );
+        assert_eq!(partials(&svc), 0);
+    }
+    for mount in svc.list("/mount") {
+        svc.remove("mount", id_of(&mount));
+    }
+    assert_eq!(server.bodies("/crash.squashfs"), 1, "always from the cache");
+    svc.restart(false);
+    svc.stop_ok();
+    assert_no_leaks(svc.dir());
+}
