@@ -118,11 +118,18 @@ pub fn unpack(archive: impl Read, root: &Path, devices: bool) -> Result<u64, Ext
         let parent = open_dir(&root_fd, parents, &raw_path)?;
         match kind {
             EntryType::Directory => {
-                match mkdirat(&parent, name.as_str(), Mode::from_bits_truncate(0o700)) {
+                let make = |parent: &OwnedFd| {
+                    mkdirat(parent, name.as_str(), Mode::from_bits_truncate(0o700))
+                };
+                match make(&parent) {
                     Ok(()) => {}
                     Err(rustix::io::Errno::EXIST)
                         if statat(&parent, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
                             .is_ok_and(|stat| FileType::from_raw_mode(stat.st_mode).is_dir()) => {}
+                    // A directory replaces an earlier non-directory of its name, as with tar.
+                    Err(rustix::io::Errno::EXIST) => {
+                        replace(&parent, name, make).map_err(at("mkdir"))?
+                    }
                     Err(err) => return Err(at("mkdir")(err)),
                 }
                 chownat(
@@ -303,6 +310,12 @@ fn times(mtime: i64) -> Timestamps {
 fn classify(path: &str, what: &'static str, errno: Errno) -> ExtractError {
     match errno {
         Errno::ENOSPC | Errno::EDQUOT => ExtractError::Full { path: path.into() },
+        // The archive's own doing: a file over a directory, a name too long for the kernel.
+        Errno::EISDIR | Errno::ENOTDIR | Errno::EEXIST | Errno::ENOTEMPTY | Errno::ENAMETOOLONG => {
+            ExtractError::Corrupt(format!(
+                "entry {path:?} conflicts with an earlier entry or the kernel's limits ({what}: {errno})"
+            ))
+        }
         errno => ExtractError::Kernel {
             path: path.into(),
             what,
@@ -410,6 +423,92 @@ fn copy(entry: &mut impl Read, file: &mut File, path: &str) -> Result<(), Extrac
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tar archive of `entries`: (path, type, link target or data, mode).
+    fn archive(entries: &[(&str, EntryType, &str, u32)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, kind, content, mode) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_mode(*mode);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(1_700_000_000);
+            let data: &[u8] = if matches!(kind, EntryType::Symlink | EntryType::Link) {
+                header.set_link_name(content).unwrap();
+                header.set_size(0);
+                &[]
+            } else {
+                header.set_size(content.len() as u64);
+                content.as_bytes()
+            };
+            header.set_path(path).unwrap();
+            header.set_cksum();
+            builder.append(&header, data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn entries_keep_their_modes_and_later_ones_replace_earlier_ones() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let root = tempfile::tempdir().unwrap();
+        let tar = archive(&[
+            ("./", EntryType::Directory, "", 0o755),
+            ("bin/su", EntryType::Regular, "su", 0o4755),
+            ("bin/sh", EntryType::Symlink, "busybox", 0o777),
+            ("etc", EntryType::Symlink, "/etc", 0o777),
+            ("etc/", EntryType::Directory, "", 0o750),
+            ("etc/motd", EntryType::Regular, "hi", 0o644),
+            ("motd", EntryType::Link, "etc/motd", 0o644),
+        ]);
+        assert_eq!(
+            unpack(tar.as_slice(), root.path(), false).unwrap(),
+            6,
+            "the root is no entry of its own"
+        );
+        let su = std::fs::metadata(root.path().join("bin/su")).unwrap();
+        assert_eq!(su.permissions().mode() & 0o7777, 0o4755);
+        assert!(std::fs::symlink_metadata(root.path().join("etc"))
+            .unwrap()
+            .is_dir());
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("etc/motd")).unwrap(),
+            "hi"
+        );
+        let link = std::fs::metadata(root.path().join("motd")).unwrap();
+        assert_eq!(
+            link.ino(),
+            std::fs::metadata(root.path().join("etc/motd"))
+                .unwrap()
+                .ino()
+        );
+        assert_eq!(link.mtime(), 1_700_000_000);
+        assert!(needed_bytes(tar.as_slice()).unwrap() >= 3 * 4096);
+    }
+
+    #[test]
+    fn a_file_over_a_directory_and_a_path_through_a_symlink_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let over = archive(&[
+            ("dir/", EntryType::Directory, "", 0o755),
+            ("dir/x", EntryType::Regular, "x", 0o644),
+            ("dir", EntryType::Regular, "file", 0o644),
+        ]);
+        assert!(matches!(
+            unpack(over.as_slice(), root.path(), false),
+            Err(ExtractError::Corrupt(_))
+        ));
+        let root = tempfile::tempdir().unwrap();
+        let through = archive(&[
+            ("up", EntryType::Symlink, "..", 0o777),
+            ("up/evil", EntryType::Regular, "x", 0o644),
+        ]);
+        assert!(matches!(
+            unpack(through.as_slice(), root.path(), false),
+            Err(ExtractError::Escapes { .. })
+        ));
+    }
 
     #[test]
     fn paths_lose_dots_and_refuse_escapes() {
