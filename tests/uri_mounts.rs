@@ -305,17 +305,29 @@ fn two_mounts_at_once_download_once() {
     let mut svc = Service::start();
     let server = HttpServer::start();
     let src = system_tree(svc.dir(), "shared");
-    // Big enough that the second request comes while the first still downloads.
-    fs::write(src.join("noise.bin"), noise(24 << 20, 1)).unwrap();
+    fs::write(src.join("noise.bin"), noise(8 << 20, 1)).unwrap();
     let image = pack(&src, svc.dir(), "shared", "squashfs");
-    server.serve("/shared.squashfs", Reply::File(image.clone()));
+    // A download of about two seconds: the second request comes while the first downloads.
+    server.serve(
+        "/shared.squashfs",
+        Reply::Throttled {
+            file: image.clone(),
+            bytes_per_second: 4 << 20,
+        },
+    );
     let body = uri_mount_with(
         &server.url("/shared.squashfs"),
         json!({ "digest": sha256_of(&image) }),
     );
     let mounts: Vec<Value> = std::thread::scope(|scope| {
         let posts: Vec<_> = (0..2)
-            .map(|_| scope.spawn(|| svc.post("/mount", &body)))
+            .map(|second| {
+                let (svc, body) = (&svc, &body);
+                scope.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(300 * second));
+                    svc.post("/mount", body)
+                })
+            })
             .collect();
         posts
             .into_iter()
@@ -327,6 +339,10 @@ fn two_mounts_at_once_download_once() {
             .collect()
     });
     assert_eq!(server.requests("/shared.squashfs"), 1, "one download");
+    assert!(
+        svc.stderr_log().contains("image in the cache"),
+        "the second mount took the first one's download"
+    );
     assert_eq!(cache_entries(&svc).len(), 1);
     for mount in &mounts {
         assert_system_tree(Path::new(&mountpoint_of(mount)), "shared");

@@ -32,6 +32,11 @@ pub enum Reply {
         bytes: Arc<Vec<u8>>,
         after: usize,
     },
+    /// The file's content at about `bytes_per_second`: a download that takes a while.
+    Throttled {
+        file: PathBuf,
+        bytes_per_second: u64,
+    },
     /// 302 to another path of this server.
     Redirect(String),
 }
@@ -236,12 +241,21 @@ fn answer(
         return write_head(stream, "404 Not Found", 0, &[]);
     };
     let if_none_match = headers.get("if-none-match").cloned();
+    let mut rate: Option<u64> = None;
     let (body, length, cut, stall): (Box<dyn Read>, u64, Option<usize>, Option<usize>) = match reply
     {
         Reply::Redirect(to) => {
             return write_head(stream, "302 Found", 0, &[("Location", to.as_str())]);
         }
         Reply::File(file) => {
+            let length = std::fs::metadata(&file)?.len();
+            (Box::new(File::open(&file)?), length, None, None)
+        }
+        Reply::Throttled {
+            file,
+            bytes_per_second,
+        } => {
+            rate = Some(bytes_per_second.max(1));
             let length = std::fs::metadata(&file)?.len();
             (Box::new(File::open(&file)?), length, None, None)
         }
@@ -283,7 +297,25 @@ fn answer(
     }
     write_head(stream, "200 OK", length, &[("ETag", etag.as_str())])?;
     let limit = cut.or(stall).map_or(u64::MAX, |after| after as u64);
-    io::copy(&mut body.take(limit), stream)?;
+    let mut body = body.take(limit);
+    match rate {
+        None => {
+            io::copy(&mut body, stream)?;
+        }
+        Some(bytes_per_second) => {
+            let mut chunk = vec![0u8; 64 << 10];
+            loop {
+                let read = body.read(&mut chunk)?;
+                if read == 0 || stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                stream.write_all(&chunk[..read])?;
+                thread::sleep(Duration::from_secs_f64(
+                    read as f64 / bytes_per_second as f64,
+                ));
+            }
+        }
+    }
     stream.flush()?;
     if stall.is_some() {
         while !stop.load(Ordering::SeqCst) {
