@@ -1731,11 +1731,11 @@ fn print_uri(figures: &UriFigures) {
         &figures.by_hand,
     );
     row(
-        "POST /mount kind uri -> 201 mounted (download, hash, loop, mount)",
+        "POST uri -> 201 mounted (download, hash, mount)",
         &figures.service,
     );
     row(
-        "POST again, same URL -> 201 (304 from the server, cached copy)",
+        "POST same URL again -> 201 (304, cached copy)",
         &figures.cached,
     );
     let mib_per_second = |samples: &[Duration]| {
