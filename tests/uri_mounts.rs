@@ -694,3 +694,41 @@ fn a_crash_during_creates_leaves_no_unlisted_mount_or_loop_device() {
     svc.stop_ok();
     assert_no_leaks(svc.dir());
 }
+
+#[test]
+fn a_changed_image_is_downloaded_again_and_its_old_mount_is_still_adopted() {
+    let mut svc = Service::start_with(ServiceOptions {
+        keep_objects: true,
+        ..ServiceOptions::default()
+    });
+    let server = HttpServer::start();
+    let old = pack(&system_tree(svc.dir(), "old"), svc.dir(), "old", "squashfs");
+    let new_src = system_tree(svc.dir(), "new");
+    fs::write(new_src.join("more.bin"), noise(1 << 20, 7)).unwrap();
+    let new = pack(&new_src, svc.dir(), "new", "squashfs");
+    server.serve("/image", Reply::File(old));
+    let first = svc.create("mount", &uri_mount(&server.url("/image")));
+    // The server's copy changes (and so does its ETag): the next mount downloads it, and the
+    // first keeps the file it has.
+    server.serve("/image", Reply::File(new));
+    let second = svc.create("mount", &uri_mount(&server.url("/image")));
+    assert_eq!(server.bodies("/image"), 2);
+    assert_eq!(cache_entries(&svc).len(), 1);
+    svc.crash_and_restart(true);
+    for (mount, name) in [(&first, "old"), (&second, "new")] {
+        assert_eq!(
+            svc.get_one("mount", id_of(mount))["mountpoint"],
+            mount["mountpoint"]
+        );
+        assert_eq!(
+            fs::read_to_string(Path::new(&mountpoint_of(mount)).join("hello.txt")).unwrap(),
+            hello_text(name)
+        );
+    }
+    svc.remove("mount", id_of(&first));
+    svc.remove("mount", id_of(&second));
+    svc.assert_empty();
+    svc.restart(false);
+    svc.stop_ok();
+    assert_no_leaks(svc.dir());
+}

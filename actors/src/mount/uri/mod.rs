@@ -179,7 +179,16 @@ impl Driver for Uri {
             fs_type: Some(facts.fs_type.clone()),
         })?;
         let device = match &facts.loop_device {
-            Some(device) => Some(LoopDevice::adopt(device.number, &device.backing_file)?),
+            Some(device) => {
+                // A URL's entry replaced by a newer download while in use: the device still
+                // holds the old file, which sysfs then names "<path> (deleted)".
+                let replaced =
+                    PathBuf::from(format!("{} (deleted)", device.backing_file.display()));
+                Some(
+                    LoopDevice::adopt(device.number, &device.backing_file)
+                        .or_else(|| LoopDevice::adopt(device.number, &replaced))?,
+                )
+            }
             None => None,
         };
         let lease = self
