@@ -141,7 +141,8 @@ pub struct Options {
     #[arg(long, default_value = "8GiB", value_parser = parse_byte_size, value_name = "SIZE")]
     pub uri_max_size: usize,
 
-    /// How long a uri download may go without receiving a byte (also the connect timeout).
+    /// How long a uri download may go without receiving a byte (also the name lookup and connect
+    /// timeout).
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub uri_stall_timeout: Duration,
 

@@ -98,6 +98,7 @@ pub fn agent(config: &UriConfig) -> Result<ureq::Agent, String> {
         .tls_config(tls)
         .http_status_as_error(false)
         .max_redirects(MAX_REDIRECTS)
+        .timeout_resolve(Some(config.stall_timeout))
         .timeout_connect(Some(config.stall_timeout))
         .timeout_per_read(Some(config.stall_timeout))
         .user_agent(concat!("imageapi/", env!("CARGO_PKG_VERSION")))

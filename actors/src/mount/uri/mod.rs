@@ -52,7 +52,7 @@ pub struct UriConfig {
     pub cache_limit: u64,
     /// The largest download, in bytes.
     pub max_size: u64,
-    /// How long a transfer may go without a byte (and a connect may take).
+    /// How long a transfer may go without a byte (and a name lookup or a connect may take).
     pub stall_timeout: Duration,
     /// CA certificates (PEM) trusted for https instead of the system's roots.
     pub ca_file: Option<PathBuf>,
