@@ -98,7 +98,26 @@ fn system_tree(dir: &Path, name: &str) -> PathBuf {
     fs::hard_link(src.join("hello.txt"), src.join("hello-again.txt")).unwrap();
     std::os::unix::fs::chown(src.join("home/user/owned.txt"), Some(1000), Some(1001)).unwrap();
     std::os::unix::fs::chown(src.join("home/user"), Some(1000), Some(1001)).unwrap();
+    run(Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; os.setxattr(sys.argv[1], 'user.imageapi', b'kept')",
+        ])
+        .arg(src.join("hello.txt")));
     src
+}
+
+/// The `user.imageapi` extended attribute of `path`.
+fn xattr_of(path: &Path) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.getxattr(sys.argv[1], 'user.imageapi').decode())",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// `dir/<name>.<format>`: the tree in one of the uri formats.
@@ -118,7 +137,7 @@ fn pack(src: &Path, dir: &Path, name: &str, format: &str) -> PathBuf {
             };
             run(Command::new("tar")
                 .args(compress)
-                .arg("--numeric-owner")
+                .args(["--numeric-owner", "--xattrs", "--xattrs-include=*"])
                 .arg("-C")
                 .arg(src)
                 .arg("-cf")
@@ -200,6 +219,7 @@ fn every_format_mounts_by_its_magic_bytes() {
             }
             _ => {
                 assert!(!entry.has_option("ro"), "a writable ramdisk by default");
+                assert_eq!(xattr_of(&mountpoint.join("hello.txt")), "kept", "{format}");
                 fs::write(mountpoint.join("tmp/written"), "x").unwrap();
             }
         }

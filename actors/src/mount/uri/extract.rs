@@ -6,7 +6,8 @@
 //! symlink the archive made earlier is refused, never followed. Symlinks are made with their
 //! target as it is: an absolute target means the image's root once the image is a container's
 //! root. Modes (setuid, setgid and sticky bits too), numeric owners and modification times are
-//! kept; device nodes only when asked for; extended attributes are not unpacked.
+//! kept, and the extended attributes of regular files (file capabilities); device nodes only when
+//! asked for.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -15,11 +16,12 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use rustix::fs::{
-    chmodat, chownat, fchmod, fchown, futimens, linkat, mkdirat, mknodat, open, openat, statat,
-    symlinkat, unlinkat, utimensat, AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec,
-    Timestamps, Uid,
+    chmodat, chownat, fchmod, fchown, fsetxattr, futimens, linkat, mkdirat, mknodat, open, openat,
+    statat, symlinkat, unlinkat, utimensat, AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags,
+    Timespec, Timestamps, Uid, XattrFlags,
 };
 use tar::EntryType;
+use tracing::warn;
 
 use crate::sys::beneath::open_resolved;
 use crate::sys::errno_of_rustix;
@@ -147,6 +149,7 @@ pub fn unpack(archive: impl Read, root: &Path, devices: bool) -> Result<u64, Ext
                 });
             }
             EntryType::Regular | EntryType::Continuous => {
+                let xattrs = xattrs_of(&mut entry)?;
                 let file = replace(&parent, name, |parent| {
                     openat(
                         parent,
@@ -165,6 +168,19 @@ pub fn unpack(archive: impl Read, root: &Path, devices: bool) -> Result<u64, Ext
                 // chown clears the setuid and setgid bits: the mode comes after it.
                 fchown(&file, Some(uid_of(uid)), Some(gid_of(gid))).map_err(at("chown"))?;
                 fchmod(&file, mode).map_err(at("chmod"))?;
+                // After the owner too: chown drops a file capability.
+                for (xattr, value) in &xattrs {
+                    match fsetxattr(&file, xattr.as_str(), value, XattrFlags::empty()) {
+                        Ok(()) => {}
+                        Err(rustix::io::Errno::OPNOTSUPP) => {
+                            warn!(
+                                path = raw_path,
+                                xattr, "the ramdisk does not keep this extended attribute"
+                            )
+                        }
+                        Err(errno) => return Err(at("setxattr")(errno)),
+                    }
+                }
                 futimens(&file, &times(mtime)).map_err(at("utimens"))?;
             }
             EntryType::Symlink => {
@@ -286,6 +302,25 @@ pub fn unpack(archive: impl Read, root: &Path, devices: bool) -> Result<u64, Ext
             .map_err(|errno| classify(&path, "utimens", errno_of_rustix(errno)))?;
     }
     Ok(count)
+}
+
+/// The extended attributes a pax header gives a file (`SCHILY.xattr.<name>`, as GNU tar and
+/// bsdtar write them): file capabilities among them.
+fn xattrs_of(
+    entry: &mut tar::Entry<'_, impl Read>,
+) -> Result<Vec<(String, Vec<u8>)>, ExtractError> {
+    let Some(extensions) = entry.pax_extensions().map_err(corrupt)? else {
+        return Ok(Vec::new());
+    };
+    let mut xattrs = Vec::new();
+    for extension in extensions {
+        let extension = extension.map_err(corrupt)?;
+        let Ok(key) = extension.key() else { continue };
+        if let Some(xattr) = key.strip_prefix("SCHILY.xattr.") {
+            xattrs.push((xattr.to_string(), extension.value_bytes().to_vec()));
+        }
+    }
+    Ok(xattrs)
 }
 
 fn uid_of(uid: u32) -> Uid {
@@ -485,6 +520,49 @@ mod tests {
         );
         assert_eq!(link.mtime(), 1_700_000_000);
         assert!(needed_bytes(tar.as_slice()).unwrap() >= 3 * 4096);
+    }
+
+    /// A pax extended header giving the next entry `records` (key, value).
+    fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (key, value) in records {
+            let body = [b" ", key.as_bytes(), b"=", value, b"\n"].concat();
+            let mut length = body.len() + 1;
+            while (length.to_string().len() + body.len()) != length {
+                length = length.to_string().len() + body.len();
+            }
+            data.extend_from_slice(length.to_string().as_bytes());
+            data.extend_from_slice(&body);
+        }
+        data
+    }
+
+    #[test]
+    fn file_xattrs_come_from_pax_headers() {
+        let root = tempfile::tempdir().unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        let records = pax(&[("SCHILY.xattr.user.imageapi", b"kept"), ("mtime", b"1")]);
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(EntryType::XHeader);
+        header.set_path("PaxHeaders/file").unwrap();
+        header.set_size(records.len() as u64);
+        header.set_cksum();
+        builder.append(&header, records.as_slice()).unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_path("file").unwrap();
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(2);
+        header.set_cksum();
+        builder.append(&header, &b"hi"[..]).unwrap();
+        let tar = builder.into_inner().unwrap();
+        assert_eq!(unpack(tar.as_slice(), root.path(), false).unwrap(), 1);
+        let mut value = [0u8; 16];
+        let length =
+            rustix::fs::getxattr(root.path().join("file"), "user.imageapi", &mut value).unwrap();
+        assert_eq!(&value[..length], b"kept");
     }
 
     #[test]
