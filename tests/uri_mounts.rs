@@ -752,3 +752,34 @@ fn a_changed_image_is_downloaded_again_and_its_old_mount_is_still_adopted() {
     svc.stop_ok();
     assert_no_leaks(svc.dir());
 }
+
+#[test]
+fn an_unpacked_archive_is_adopted_after_a_restart() {
+    let mut svc = Service::start_with(ServiceOptions {
+        keep_objects: true,
+        ..ServiceOptions::default()
+    });
+    let server = HttpServer::start();
+    let src = system_tree(svc.dir(), "kept");
+    server.serve(
+        "/kept.tar.xz",
+        Reply::File(pack(&src, svc.dir(), "kept", "tar.xz")),
+    );
+    let mount = svc.create("mount", &uri_mount(&server.url("/kept.tar.xz")));
+    let mountpoint = PathBuf::from(mountpoint_of(&mount));
+    fs::write(mountpoint.join("tmp/written"), "by the first run").unwrap();
+    svc.restart(true);
+    let adopted = svc.get_one("mount", id_of(&mount));
+    assert_eq!(adopted["uri"]["format"], "tar.xz");
+    assert_eq!(adopted["uri"]["size"], mount["uri"]["size"]);
+    assert_eq!(
+        fs::read_to_string(mountpoint.join("tmp/written")).unwrap(),
+        "by the first run"
+    );
+    assert_system_tree(&mountpoint, "kept");
+    svc.remove("mount", id_of(&mount));
+    svc.assert_empty();
+    svc.restart(false);
+    svc.stop_ok();
+    assert_no_leaks(svc.dir());
+}
