@@ -128,6 +128,27 @@ pub struct Options {
     /// Release every object at exit instead of leaving them for the next start to adopt.
     #[arg(long)]
     pub cleanup_on_exit: bool,
+
+    /// Where uri mounts keep their downloads [default: <state-dir>/uri-cache].
+    #[arg(long, value_name = "DIR")]
+    pub uri_cache_dir: Option<PathBuf>,
+
+    /// How much the uri cache keeps; past it, unused downloads go, least recently used first.
+    #[arg(long, default_value = "10GiB", value_parser = parse_byte_size, value_name = "SIZE")]
+    pub uri_cache_limit: usize,
+
+    /// The largest download of a uri mount.
+    #[arg(long, default_value = "8GiB", value_parser = parse_byte_size, value_name = "SIZE")]
+    pub uri_max_size: usize,
+
+    /// How long a uri download may go without receiving a byte (also the name lookup and connect
+    /// timeout).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub uri_stall_timeout: Duration,
+
+    /// CA certificates (PEM) that https downloads trust instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub uri_ca: Option<PathBuf>,
 }
 
 /// The limits of one listener, from the flags.
@@ -195,6 +216,20 @@ impl Options {
             tcp_keep_alive: non_zero(keep_alive),
             listen_limit: (listen_limit > 0).then_some(listen_limit),
             max_header_size: self.max_header_size,
+        }
+    }
+
+    /// The flags of uri mounts.
+    pub fn uri(&self) -> actors::mount::uri::UriConfig {
+        actors::mount::uri::UriConfig {
+            cache_dir: self
+                .uri_cache_dir
+                .clone()
+                .unwrap_or_else(|| self.state_dir.join("uri-cache")),
+            cache_limit: self.uri_cache_limit as u64,
+            max_size: self.uri_max_size as u64,
+            stall_timeout: self.uri_stall_timeout,
+            ca_file: self.uri_ca.clone(),
         }
     }
 
@@ -347,6 +382,10 @@ mod tests {
         assert_eq!(http.listen_limit, None);
         assert_eq!(options.graceful_timeout, Duration::from_secs(15));
         assert_eq!(options.socket_mode, 0o600);
+        let uri = options.uri();
+        assert_eq!(uri.cache_dir, PathBuf::from("/var/lib/imageapi/uri-cache"));
+        assert_eq!(uri.cache_limit, 10 << 30);
+        assert_eq!(uri.stall_timeout, Duration::from_secs(30));
     }
 
     #[test]

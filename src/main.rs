@@ -57,6 +57,7 @@ async fn serve(options: Options, bound: server::Bound) -> anyhow::Result<()> {
         log_dir: options.log_dir.clone(),
         state_dir: Some(options.state_dir.clone()),
         cleanup_on_exit: options.cleanup_on_exit,
+        uri: options.uri(),
     })
     .await
     .context("starting the engine")?;

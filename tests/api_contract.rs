@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use actors::model::wire::{
     Attach, AttachIscsi, AttachKind, AttachLocal, AttachLoopback, AttachRbd, Base, Container,
     ContainerState, IscsiChap, Mount, MountAttach, MountBind, MountKind, MountNfs, MountOverlay,
-    MountUri, Namespace, RbdOptions, Secret,
+    MountUri, Namespace, RbdOptions, Secret, UriFormat,
 };
 use imageapi::api::error::ApiError;
 use imageapi::api::ROUTES;
@@ -205,6 +205,32 @@ fn all_bases() -> Vec<Base> {
     all
 }
 
+fn all_uri_formats() -> Vec<UriFormat> {
+    let all = vec![
+        UriFormat::Auto,
+        UriFormat::Squashfs,
+        UriFormat::Erofs,
+        UriFormat::Ext4,
+        UriFormat::Tar,
+        UriFormat::TarGz,
+        UriFormat::TarZst,
+        UriFormat::TarXz,
+    ];
+    for format in &all {
+        match format {
+            UriFormat::Auto
+            | UriFormat::Squashfs
+            | UriFormat::Erofs
+            | UriFormat::Ext4
+            | UriFormat::Tar
+            | UriFormat::TarGz
+            | UriFormat::TarZst
+            | UriFormat::TarXz => {}
+        }
+    }
+    all
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fully populated instances: every Option is Some, every Vec non-empty, every bool true.
 // A nested object that has its own constructor is given as a reference `{"id": N}` where a full
@@ -348,7 +374,12 @@ fn full_mount_overlay() -> MountOverlay {
 
 fn full_mount_uri() -> MountUri {
     MountUri {
-        uri: "https://images.example/node.tar.gz".into(),
+        url: "https://images.example/node.tar.gz".into(),
+        digest: Some(format!("sha256:{}", "0f".repeat(32))),
+        format: Some(UriFormat::TarGz),
+        size: Some(256 << 20),
+        ro: true,
+        devices: true,
     }
 }
 
@@ -505,7 +536,7 @@ fn pairs() -> Vec<Pair> {
         Pair {
             definition: "mount_uri",
             full: to_json(&full_mount_uri()),
-            minimal: json!({"uri": "https://images.example/node.tar.gz"}),
+            minimal: json!({"url": "https://images.example/node.tar.gz"}),
             roundtrip: roundtrip::<MountUri>,
             rust_enforces_required: true,
         },
@@ -921,6 +952,11 @@ fn enums_equal_the_rust_enums() {
     let mount_kinds = serde_names(&all_mount_kinds());
     let states = serde_names(&all_container_states());
     let cases: Vec<(&str, Value, BTreeSet<String>)> = vec![
+        (
+            "mount_uri.format",
+            prop("mount_uri", "format")["enum"].clone(),
+            serde_names(&all_uri_formats()),
+        ),
         (
             "attach.kind",
             prop("attach", "kind")["enum"].clone(),

@@ -156,8 +156,33 @@ fn body_fields_are_checked_and_named() {
         ),
         (
             "mount",
-            json!({ "kind": "uri", "uri": { "uri": "ftp://example.org/image.tar" } }),
-            "uri.uri",
+            json!({ "kind": "uri", "uri": { "url": "ftp://example.org/image.tar" } }),
+            "uri.url",
+        ),
+        (
+            "mount",
+            json!({ "kind": "uri", "uri": { "url": "file://relative/image.tar" } }),
+            "uri.url",
+        ),
+        (
+            "mount",
+            json!({ "kind": "uri", "uri": { "url": "http://127.0.0.1/a b" } }),
+            "uri.url",
+        ),
+        (
+            "mount",
+            json!({ "kind": "uri", "uri": { "url": "http://127.0.0.1/i", "digest": "sha256:00" } }),
+            "uri.digest",
+        ),
+        (
+            "mount",
+            json!({ "kind": "uri", "uri": { "url": "http://127.0.0.1/i", "size": -1 } }),
+            "uri.size",
+        ),
+        (
+            "mount",
+            json!({ "kind": "uri", "uri": { "url": "http://127.0.0.1/i", "format": "zip" } }),
+            "uri.format",
         ),
         // IPv4 formats.
         (

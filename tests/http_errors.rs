@@ -425,7 +425,6 @@ fn drivers_without_implementation_validate_then_501() {
         "host": "10.0.0.2"
     }});
     let nfs = json!({ "kind": "nfs", "nfs": { "host": "10.0.0.3", "path": "/export" } });
-    let uri = json!({ "kind": "uri", "uri": { "uri": "http://example.invalid/image.tar" } });
 
     for (what, body) in [
         ("attach", rbd(json!(["10.0.0.1"]), "rbd", "image")),
@@ -435,7 +434,6 @@ fn drivers_without_implementation_validate_then_501() {
         ),
         ("attach", iscsi.clone()),
         ("mount", nfs.clone()),
-        ("mount", uri.clone()),
         (
             "mount",
             attach_mount(

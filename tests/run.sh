@@ -15,6 +15,11 @@ command -v busybox >/dev/null || need+=(busybox-static)
 command -v mksquashfs >/dev/null || need+=(squashfs-tools)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
+# The uri mount tests pack archives with tar's zstd and xz filters and craft hostile ones in
+# Python.
+command -v zstd >/dev/null || need+=(zstd)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v python3 >/dev/null || need+=(python3)
 # The systemd test builds a Debian image (cached under target/test-images) and looks inside it.
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v nsenter >/dev/null || need+=(util-linux)

@@ -507,8 +507,9 @@ pub struct Kinds {
 }
 
 impl Kinds {
-    /// Every kind this service has a driver for: one line a kind.
-    pub fn standard() -> Kinds {
+    /// Every kind this service has a driver for: one line a kind. `uri` is the driver of
+    /// `uri` mounts' flags (cache, limits, CA).
+    pub fn standard(uri: &crate::mount::uri::UriConfig) -> Kinds {
         Kinds::default()
             .with(crate::attach::local::Local)
             .with(crate::attach::loopback::Loopback)
@@ -518,7 +519,7 @@ impl Kinds {
             .with(crate::mount::bind::Bind)
             .with(CheckedOnly(crate::mount::nfs::Nfs))
             .with(crate::mount::overlay::Overlay)
-            .with(CheckedOnly(crate::mount::uri::Uri))
+            .with(crate::mount::uri::Uri::new(uri.clone()))
     }
 
     /// Adds (or replaces) the kind `driver` implements.

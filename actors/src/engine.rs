@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub state_dir: Option<PathBuf>,
     /// Release every object at shutdown even with a state store (without one, always).
     pub cleanup_on_exit: bool,
+    /// The flags of `uri` mounts: their download cache, limits and CA.
+    pub uri: crate::mount::uri::UriConfig,
 }
 
 /// Why the engine could not start.
@@ -77,7 +79,8 @@ impl Engine {
     /// (adopting what the previous run left, see [`crate::restore`]) and starts the registry on
     /// an arbiter of its own. Must be called inside an actix system, before serving.
     pub async fn start(config: EngineConfig) -> Result<Engine, StartError> {
-        Self::start_with(config, Kinds::standard()).await
+        let kinds = Kinds::standard(&config.uri);
+        Self::start_with(config, kinds).await
     }
 
     /// [`Engine::start`] with the drivers of `kinds` (tests give fakes).

@@ -162,7 +162,7 @@ proptest! {
     #[test]
     fn arbitrary_json_never_panics_and_refusals_name_a_field(value in contract_json()) {
         if let Ok(attach) = serde_json::from_value::<Attach>(value.clone()) {
-            if let Err(invalid) = attach_child(&Kinds::standard(), "", &attach) {
+            if let Err(invalid) = attach_child(&Kinds::standard(&Default::default()), "", &attach) {
                 assert_well_named(&invalid.field, &invalid.reason)?;
             }
             // What deserializes serializes and deserializes to the same thing.
@@ -177,12 +177,12 @@ proptest! {
             prop_assert_eq!(secretless(&again), secretless(&attach));
         }
         if let Ok(mount) = serde_json::from_value::<Mount>(value.clone()) {
-            if let Err(invalid) = mount_child(&Kinds::standard(), "", &mount) {
+            if let Err(invalid) = mount_child(&Kinds::standard(&Default::default()), "", &mount) {
                 assert_well_named(&invalid.field, &invalid.reason)?;
             }
         }
         if let Ok(container) = serde_json::from_value::<Container>(value) {
-            if let Err(invalid) = container_def(&Kinds::standard(), &container) {
+            if let Err(invalid) = container_def(&Kinds::standard(&Default::default()), &container) {
                 assert_well_named(&invalid.field, &invalid.reason)?;
             }
         }
@@ -201,17 +201,17 @@ proptest! {
         let mount = json!({ "kind": mount_kind, mount_kind: mount_sub });
         let container = json!({ "name": name, "command": command, "mount": mount });
         if let Ok(attach) = serde_json::from_value::<Attach>(attach) {
-            if let Err(invalid) = attach_child(&Kinds::standard(), "", &attach) {
+            if let Err(invalid) = attach_child(&Kinds::standard(&Default::default()), "", &attach) {
                 assert_well_named(&invalid.field, &invalid.reason)?;
             }
         }
         if let Ok(mount) = serde_json::from_value::<Mount>(mount) {
-            if let Err(invalid) = mount_child(&Kinds::standard(), "", &mount) {
+            if let Err(invalid) = mount_child(&Kinds::standard(&Default::default()), "", &mount) {
                 assert_well_named(&invalid.field, &invalid.reason)?;
             }
         }
         if let Ok(container) = serde_json::from_value::<Container>(container) {
-            if let Err(invalid) = container_def(&Kinds::standard(), &container) {
+            if let Err(invalid) = container_def(&Kinds::standard(&Default::default()), &container) {
                 assert_well_named(&invalid.field, &invalid.reason)?;
             }
         }
@@ -243,13 +243,13 @@ proptest! {
         let container = json!({ "name": name, "command": command, "mount": mount,
                                 "state": if running { "running" } else { "created" } });
         let parsed: Container = serde_json::from_value(container).unwrap();
-        let def = container_def(&Kinds::standard(), &parsed).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let def = container_def(&Kinds::standard(&Default::default()), &parsed).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&def.argv, &argv);
         prop_assert_eq!(def.start, running);
         prop_assert!(matches!(def.mount, Child::New(_)));
         let again: Container = serde_json::from_value(serde_json::to_value(&parsed).unwrap()).unwrap();
         prop_assert_eq!(&again, &parsed);
-        prop_assert_eq!(container_def(&Kinds::standard(), &again).unwrap(), def);
+        prop_assert_eq!(container_def(&Kinds::standard(&Default::default()), &again).unwrap(), def);
     }
 
     #[test]
@@ -288,7 +288,7 @@ proptest! {
             other => panic!("{pointer} is under {other}"),
         }
         let parsed: Container = serde_json::from_value(container).unwrap();
-        let invalid = container_def(&Kinds::standard(), &parsed).unwrap_err();
+        let invalid = container_def(&Kinds::standard(&Default::default()), &parsed).unwrap_err();
         prop_assert_eq!(invalid.field, field);
     }
 
@@ -300,7 +300,7 @@ proptest! {
         let shown = [
             serde_json::to_string(&attach).unwrap(),
             format!("{attach:?}"),
-            format!("{:?}", attach_child(&Kinds::standard(), "mount.attach", &attach)),
+            format!("{:?}", attach_child(&Kinds::standard(&Default::default()), "mount.attach", &attach)),
         ];
         for text in shown {
             prop_assert!(!text.contains(&secret), "{}", text);
@@ -329,7 +329,7 @@ proptest! {
         let attach: Attach = serde_json::from_value(json!({ "kind": "rbd", "rbd": {
             "monitors": [monitor], "pool": "p", "image": "i",
             "options": { "name": "admin", "secret": "s" } } })).unwrap();
-        let result = attach_child(&Kinds::standard(), "", &attach);
+        let result = attach_child(&Kinds::standard(&Default::default()), "", &attach);
         prop_assert_eq!(result.is_ok(), valid, "{} gave {:?}", monitor, result);
     }
 }

@@ -11,6 +11,10 @@
 //!    overlay; the start time of one more container as the number running grows, the service's
 //!    resident memory, and a forced delete of them all with a check that everything is released.
 //!
+//! 4. A uri mount: the time from `POST /mount` (kind uri) to 201 mounted for an image of
+//!    --uri-mib MiB served by a local HTTP server on 127.0.0.1, against `curl` and `mount` done
+//!    by hand in the same run on the same server, and again once the image is in the cache.
+//!
 //! It builds its own image (static busybox, `mksquashfs`), must run as root, and cleans up after
 //! itself, also on error or Ctrl-C. Everything lives in a private directory under --work-dir with
 //! a tmpfs mounted on it (as the service's mount dir lives on the /run tmpfs in production),
@@ -39,7 +43,7 @@ use serde_json::{json, Value};
 use test_support::{
     container_cgroups, install_busybox, is_dynamic_elf, leaks_below, log_tail, loop_devices,
     mksquashfs_command, mountinfo, private_dirs_args, release_below, server_next_to_current_exe,
-    wait_for_every, NotReady, ServerProcess, BASE, BUSYBOX,
+    wait_for_every, HttpServer, NotReady, Reply, ServerProcess, BASE, BUSYBOX,
 };
 
 /// The applets linked in the image's /bin.
@@ -83,6 +87,12 @@ struct Args {
     /// the store's syncs cost.
     #[arg(long)]
     state_in_work_dir: bool,
+    /// The size of the image of part 4 (uri mounts), in MiB (0 skips it).
+    #[arg(long, default_value_t = 100)]
+    uri_mib: u64,
+    /// Measured downloads in part 4, by hand and by the service each.
+    #[arg(long, default_value_t = 3)]
+    uri_iterations: usize,
     /// The service binary; by default `imageapi-server` next to this executable.
     #[arg(long)]
     server: Option<PathBuf>,
@@ -176,6 +186,11 @@ fn run(args: &Args) -> Result<()> {
         print_scale(&scale, scale_floor.as_ref());
     }
 
+    if args.uri_mib > 0 && args.uri_iterations > 0 {
+        let figures = uri_mounts(&mut client, &work, args.uri_mib, args.uri_iterations)?;
+        print_uri(&figures);
+    }
+
     drop(client);
     let status = service.stop()?;
     ensure!(status.success(), "imageapi-server exited with {status}");
@@ -206,10 +221,11 @@ fn run(args: &Args) -> Result<()> {
         dir.display()
     );
     out!(
-        "reproduce (as root on an otherwise idle machine; needs busybox-static and squashfs-tools): \
-         cargo build --release --workspace && target/release/imageapi-bench --iterations {} --containers {}{}{}",
+        "reproduce (as root on an otherwise idle machine; needs busybox-static, squashfs-tools and curl): \
+         cargo build --release --workspace && target/release/imageapi-bench --iterations {} --containers {} --uri-mib {}{}{}",
         args.iterations,
         args.containers,
+        args.uri_mib,
         if args.no_tmpfs { " --no-tmpfs" } else { "" },
         if args.state_in_work_dir { " --state-in-work-dir" } else { "" }
     );
@@ -1590,5 +1606,145 @@ fn print_scale(s: &Scale, floor: Option<&FloorMany>) {
     out!(
         "  released: no container, mount or attachment listed; the shared mount back to refs 1 and deleted; \
          no child process, mount, loop device or container cgroup left"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A uri mount
+// ---------------------------------------------------------------------------------------------
+
+struct UriFigures {
+    mib: u64,
+    image_bytes: u64,
+    by_hand: Vec<Duration>,
+    service: Vec<Duration>,
+    cached: Vec<Duration>,
+}
+
+/// Bytes that do not compress (xorshift), so that the image is as large as asked.
+fn incompressible(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
+fn run_tool(command: &mut Command) -> Result<()> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    ensure!(
+        output.status.success(),
+        "{command:?}: {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Each round: `curl` to a file next to the service's state dir and `mount -o ro,loop` by hand,
+/// then `POST /mount` of the same image under another URL (a download the cache does not have),
+/// then the same URL again (the server answers 304: the cached copy is mounted).
+fn uri_mounts(
+    client: &mut Client,
+    work: &Workspace,
+    mib: u64,
+    iterations: usize,
+) -> Result<UriFigures> {
+    let root = work.path().join("uri-root");
+    fs::create_dir(&root).context("creating the uri image tree")?;
+    fs::write(root.join("data.bin"), incompressible((mib << 20) as usize))
+        .context("writing the uri image's data")?;
+    let image = work.path().join("uri.squashfs");
+    run_tool(mksquashfs_command(&root, &image).arg("-no-xattrs"))?;
+    fs::remove_dir_all(&root).context("removing the uri image tree")?;
+    let image_bytes = fs::metadata(&image)?.len();
+    let server = HttpServer::start();
+    let by_hand_dir = work.state.join("by-hand");
+    fs::create_dir(&by_hand_dir).context("creating the by-hand download dir")?;
+    let target = work.path().join("by-hand-mount");
+    fs::create_dir(&target).context("creating the by-hand mountpoint")?;
+    let mut figures = UriFigures {
+        mib,
+        image_bytes,
+        by_hand: Vec::new(),
+        service: Vec::new(),
+        cached: Vec::new(),
+    };
+    for round in 0..iterations {
+        check_interrupted()?;
+        let by_hand_path = format!("/by-hand-{round}.squashfs");
+        server.serve(&by_hand_path, Reply::File(image.clone()));
+        let file = by_hand_dir.join("image.squashfs");
+        let started = Instant::now();
+        run_tool(
+            Command::new("curl")
+                .args(["--silent", "--show-error", "--fail", "--output"])
+                .arg(&file)
+                .arg(server.url(&by_hand_path)),
+        )?;
+        run_tool(
+            Command::new("mount")
+                .args(["-t", "squashfs", "-o", "ro,loop"])
+                .arg(&file)
+                .arg(&target),
+        )?;
+        figures.by_hand.push(started.elapsed());
+        unmount_retrying(&target)?;
+        fs::remove_file(&file).context("removing the by-hand download")?;
+
+        let service_path = format!("/service-{round}.squashfs");
+        server.serve(&service_path, Reply::File(image.clone()));
+        let body = json!({ "kind": "uri", "uri": { "url": server.url(&service_path) } });
+        for samples in [&mut figures.service, &mut figures.cached] {
+            let started = Instant::now();
+            let mount = client.expect("POST", "/mount", Some(&body), 201)?;
+            samples.push(started.elapsed());
+            let id = id_of(&mount)?;
+            client.expect("DELETE", &format!("/mount?id={id}"), None, 200)?;
+        }
+        ensure!(
+            server.bodies(&service_path) == 1,
+            "the service downloaded {service_path} {} times",
+            server.bodies(&service_path)
+        );
+    }
+    fs::remove_dir(&target).context("removing the by-hand mountpoint")?;
+    fs::remove_file(&image).context("removing the uri image")?;
+    Ok(figures)
+}
+
+fn print_uri(figures: &UriFigures) {
+    table_head(&format!(
+        "4. A uri mount of a {} MiB squashfs image ({} bytes) from a local HTTP server on 127.0.0.1",
+        figures.mib, figures.image_bytes
+    ));
+    row(
+        "by hand: curl to a file, mount -o ro,loop",
+        &figures.by_hand,
+    );
+    row(
+        "POST uri -> 201 mounted (download, hash, mount)",
+        &figures.service,
+    );
+    row(
+        "POST same URL again -> 201 (304, cached copy)",
+        &figures.cached,
+    );
+    let mib_per_second = |samples: &[Duration]| {
+        figures.image_bytes as f64 / (1 << 20) as f64 / median(samples).as_secs_f64().max(1e-9)
+    };
+    out!(
+        "  ratio service/by hand (medians): {}; {:.0} MiB/s by hand, {:.0} MiB/s by the service",
+        ratio(median(&figures.service), median(&figures.by_hand)),
+        mib_per_second(&figures.by_hand),
+        mib_per_second(&figures.service),
     );
 }

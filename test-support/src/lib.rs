@@ -1,7 +1,8 @@
 //! What the end-to-end tests (`tests/common`) and the benchmark (`bench/`) share: the service
 //! under test as a process with private dirs ([`server`], [`service`]), a minimal HTTP/1.1 client
-//! ([`http`]), image builders ([`images`]), JSON request and response helpers ([`json`]) and
-//! kernel-state checks: mounts, loop devices, container cgroups ([`kernel`]).
+//! ([`http`]), a small HTTP(S) server that serves images to uri mounts ([`http_server`]), image
+//! builders ([`images`]), JSON request and response helpers ([`json`]) and kernel-state checks:
+//! mounts, loop devices, container cgroups ([`kernel`]).
 //!
 //! The service binary is never found at compile time: callers pass its path (the tests
 //! `env!("CARGO_BIN_EXE_imageapi-server")`, the bench the one next to its own executable).
@@ -10,6 +11,7 @@
 
 pub mod debian;
 pub mod http;
+pub mod http_server;
 pub mod images;
 pub mod iscsi_target;
 pub mod json;
@@ -19,6 +21,7 @@ pub mod service;
 
 pub use debian::*;
 pub use http::*;
+pub use http_server::*;
 pub use images::*;
 pub use iscsi_target::*;
 pub use json::*;

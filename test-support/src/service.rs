@@ -31,6 +31,8 @@ pub struct ServiceOptions {
     pub keep_objects: bool,
     /// Log at TRACE rather than DEBUG (for tests that check what the log never shows).
     pub trace: bool,
+    /// More flags for every start (e.g. `--uri-cache-limit`).
+    pub extra_args: Vec<OsString>,
 }
 
 /// A running `imageapi-server` with its own temp dir (socket, mount dir, log dir, images).
@@ -76,6 +78,7 @@ impl Service {
         } else {
             None
         };
+        args.extend(options.extra_args.iter().cloned());
         let log_level = if options.trace { "TRACE" } else { "DEBUG" };
         let process = spawn_service(server, &dir, &args, !options.keep_objects, log_level);
         let mut service = Service {

@@ -7,8 +7,8 @@ missing path, a path inside a mount; some filesystem types and commands for ones
 the image; and some ids for small ones, which the run has likely created. That drives requests
 through attach, mount, overlay and container creation, deletion and garbage collection.
 
-The swaps also keep the run inside its directory: every host path (base `root`, `local`) is
-replaced by one under IMAGEAPI_FUZZ_DIR, so the fuzzer never attaches, binds or mounts anything
+The swaps also keep the run inside its directory: every host path (base `root`, `local`, a uri
+mount's `url`) is replaced by one under IMAGEAPI_FUZZ_DIR, so the fuzzer never attaches, binds or mounts anything
 of the host's, and containers only ever run on trees made from the run's own images. Strings
 only replace strings and integers integers, so a negative (schema-violating) case stays one.
 """
@@ -33,6 +33,8 @@ IMAGE_FILES = [
 ]
 DIRECTORIES = [f"{DIR}/tree", f"{DIR}/tree/sub", f"{DIR}/tree/file", f"{DIR}/missing", "/dev/null"]
 DEVICES = [LOOP, LOOP, f"{DIR}/blank.img", "/dev/null", "/dev/loop-control", f"{DIR}/missing"]
+# uri mounts read only files of the run (file:// URLs): the fuzzer never downloads from anywhere.
+URLS = [f"file://{path}" for path in IMAGE_FILES]
 # Paths relative to a mount (resolved beneath it by the service, so the fuzzer's own are kept
 # too): what the test images hold, and ways out of them.
 INSIDE = ["inner.squashfs", "dir", "bin", ".", "/", "escape", "up", "..", "dir/../..", "nope"]
@@ -40,7 +42,7 @@ FS_TYPES = ["squashfs", "squashfs", "ext4", "tmpfs", "erofs"]
 ATTACH_KINDS = {"iscsi", "local", "loopback", "rbd"}
 MOUNT_KINDS = {"attach", "bind", "nfs", "overlay", "uri"}
 # Kinds with a driver on this node, favoured so that requests reach the kernel.
-DRIVEN = ["loopback", "loopback", "local", "attach", "attach", "bind", "overlay"]
+DRIVEN = ["loopback", "loopback", "local", "attach", "attach", "bind", "overlay", "uri"]
 SIGNALS = ["SIGTERM", "SIGKILL", "SIGRTMIN+3", "9", "TERM"]
 COMMANDS = [
     "/bin/true",
@@ -95,6 +97,8 @@ def rewrite(value, parent=None, steer=True):
             value["path"] = swap(path, INSIDE, keep=0.25 if steer else 1.0)
         elif parent == "bind":
             value["path"] = host_path(path, DIRECTORIES)
+    if parent == "uri" and isinstance(value.get("url"), str):
+        value["url"] = host_path(value["url"], URLS)
     if steer and parent == "attach" and isinstance(value.get("fs_type"), str):
         value["fs_type"] = swap(value["fs_type"], FS_TYPES)
     options = value.get("mount_options")

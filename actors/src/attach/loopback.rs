@@ -138,21 +138,28 @@ impl Driver for Loopback {
     /// Loop devices tagged as this service's that no adopted attachment holds: bound by a
     /// create whose kernel step the previous run did not record. Detached.
     fn sweep(&self, host: &Host, held: &[&LoopbackFacts]) {
-        let ours = loop_tag_prefix(&host.instance);
-        for number in loopdev::bound_devices() {
-            let tagged = loopdev::tag_of(number).is_some_and(|tag| tag.starts_with(&ours));
-            if !tagged || held.iter().any(|facts| facts.number == number) {
-                continue;
-            }
-            warn!(
-                device = number,
-                "loop device of this service held by no object: detaching it"
-            );
-            let backing = loopdev::backing_file(number).unwrap_or_default();
-            if let Some(device) = LoopDevice::adopt(number, &backing) {
-                if let Err(err) = device.detach() {
-                    warn!(device = number, error = %err, "cannot detach");
-                }
+        detach_unheld(&loop_tag_prefix(&host.instance), |number| {
+            held.iter().any(|facts| facts.number == number)
+        });
+    }
+}
+
+/// Detaches the bound loop devices whose tag starts with `prefix` and that `held` does not
+/// claim: a driver's restart sweep.
+pub(crate) fn detach_unheld(prefix: &str, held: impl Fn(u32) -> bool) {
+    for number in loopdev::bound_devices() {
+        let tagged = loopdev::tag_of(number).is_some_and(|tag| tag.starts_with(prefix));
+        if !tagged || held(number) {
+            continue;
+        }
+        warn!(
+            device = number,
+            prefix, "loop device of this service held by no object: detaching it"
+        );
+        let backing = loopdev::backing_file(number).unwrap_or_default();
+        if let Some(device) = LoopDevice::adopt(number, &backing) {
+            if let Err(err) = device.detach() {
+                warn!(device = number, error = %err, "cannot detach");
             }
         }
     }

@@ -453,7 +453,7 @@ mod tests {
     use super::*;
 
     fn kinds() -> Kinds {
-        Kinds::standard()
+        Kinds::standard(&Default::default())
     }
 
     fn json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {

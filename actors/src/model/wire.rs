@@ -534,11 +534,82 @@ pub struct MountOverlay {
     pub upperdir: Option<String>,
 }
 
-/// An archive downloaded from a URI and unpacked into a ramdisk mount (no driver yet).
+/// An image or archive behind a URL: downloaded into the service's cache, checked, then
+/// mounted (an image) or unpacked into a fresh ramdisk (an archive).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MountUri {
+    /// `http://`, `https://` or `file://`.
     #[serde(deserialize_with = "required")]
-    pub uri: String,
+    pub url: String,
+    /// `sha256:<64 hex digits>`; `null` and `""` are none (the content is then not checked).
+    #[serde(
+        default,
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub digest: Option<String>,
+    /// `null` and `""` are `auto`.
+    #[serde(
+        default,
+        deserialize_with = "empty_enum_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub format: Option<UriFormat>,
+    /// The ramdisk of an extracted archive, in bytes; `null` and `0` are the default (the
+    /// archive's unpacked size plus a margin).
+    #[serde(
+        default,
+        deserialize_with = "zero_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub size: Option<i64>,
+    /// An extracted archive's ramdisk is made read-only once unpacked (images always are).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub ro: bool,
+    /// Unpack the archive's device nodes too (refused otherwise).
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_false"
+    )]
+    pub devices: bool,
+}
+
+/// What a `uri` mount's file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UriFormat {
+    /// Told by the file's magic bytes.
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "squashfs")]
+    Squashfs,
+    #[serde(rename = "erofs")]
+    Erofs,
+    #[serde(rename = "ext4")]
+    Ext4,
+    #[serde(rename = "tar")]
+    Tar,
+    #[serde(rename = "tar.gz")]
+    TarGz,
+    #[serde(rename = "tar.zst")]
+    TarZst,
+    #[serde(rename = "tar.xz")]
+    TarXz,
+}
+
+impl UriFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UriFormat::Auto => "auto",
+            UriFormat::Squashfs => "squashfs",
+            UriFormat::Erofs => "erofs",
+            UriFormat::Ext4 => "ext4",
+            UriFormat::Tar => "tar",
+            UriFormat::TarGz => "tar.gz",
+            UriFormat::TarZst => "tar.zst",
+            UriFormat::TarXz => "tar.xz",
+        }
+    }
 }
 
 /// The lifecycle state of a container.

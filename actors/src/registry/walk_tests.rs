@@ -227,6 +227,7 @@ fn with_engine(test: impl AsyncFnOnce(Engine, Calls)) {
         log_dir: dir.path().join("logs"),
         state_dir: None,
         cleanup_on_exit: true,
+        uri: Default::default(),
     };
     actix_rt::System::new().block_on(async move {
         let engine = Engine::start_with(config, kinds).await.unwrap();
@@ -322,6 +323,7 @@ fn two_engines_in_one_process_share_nothing() {
             log_dir: dir.path().join("logs"),
             state_dir: None,
             cleanup_on_exit: true,
+            uri: Default::default(),
         };
         let kinds = Kinds::default().with(FakeDevice(calls.clone()));
         let second = Engine::start_with(config, kinds).await.unwrap();

@@ -448,7 +448,7 @@ mod tests {
     use crate::registry::record::ObjectRecord;
 
     fn kinds() -> Kinds {
-        Kinds::standard()
+        Kinds::standard(&Default::default())
     }
 
     fn record(object: ObjectKind, kind: &str, spec: Erased, facts: Erased) -> Record {
