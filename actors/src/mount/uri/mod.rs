@@ -256,6 +256,13 @@ impl Driver for Uri {
     }
 }
 
+/// Whether the part of an http(s) URL after `://` starts with `userinfo@` (RFC 3986: the
+/// authority ends at the first `/`, `?` or `#`).
+fn has_userinfo(rest: &str) -> bool {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
+}
+
 fn parse(at: &str, uri: &MountUri) -> Result<UriSpec, Invalid> {
     let url = &uri.url;
     let url_at = field(at, "url");
@@ -266,6 +273,11 @@ fn parse(at: &str, uri: &MountUri) -> Result<UriSpec, Invalid> {
         ));
     }
     match url.split_once("://") {
+        // Credentials in the URL would come back in every answer and log line that shows it.
+        Some(("http" | "https", rest)) if has_userinfo(rest) => return Err(invalid(
+            &url_at,
+            "must not carry credentials (user@ or user:password@): answers and logs show the URL",
+        )),
         Some(("http" | "https", rest)) if !rest.is_empty() && !rest.starts_with('/') => {}
         Some(("file", path)) if path.starts_with('/') && path.len() > 1 => {}
         Some(("file", _)) => {
@@ -696,6 +708,11 @@ mod tests {
     fn definitions_are_checked_field_by_field() {
         let bad = |value: serde_json::Value| parse("uri", &wire(value)).unwrap_err().field;
         assert_eq!(bad(serde_json::json!({"url": "ftp://x/a.tar"})), "uri.url");
+        assert_eq!(
+            bad(serde_json::json!({"url": "https://user:pw@x/a.tar"})),
+            "uri.url"
+        );
+        assert!(!has_userinfo("x/a@b"));
         assert_eq!(
             bad(serde_json::json!({"url": "file://relative"})),
             "uri.url"
