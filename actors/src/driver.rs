@@ -516,7 +516,7 @@ impl Kinds {
             .with(CheckedOnly(crate::attach::iscsi::Iscsi))
             .with(crate::mount::attach::AttachFs)
             .with(crate::mount::bind::Bind)
-            .with(CheckedOnly(crate::mount::nfs::Nfs))
+            .with(crate::mount::nfs::Nfs)
             .with(crate::mount::overlay::Overlay)
             .with(CheckedOnly(crate::mount::uri::Uri))
     }
