@@ -12,6 +12,7 @@ pub mod http;
 pub mod images;
 pub mod json;
 pub mod kernel;
+pub mod nfs_server;
 pub mod server;
 pub mod service;
 
@@ -19,6 +20,7 @@ pub use http::*;
 pub use images::*;
 pub use json::*;
 pub use kernel::*;
+pub use nfs_server::*;
 pub use server::*;
 pub use service::*;
 

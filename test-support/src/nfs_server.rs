@@ -1,0 +1,146 @@
+//! An NFSv4 server on this machine's loopback, for tests that run as root on a kernel with
+//! nfsd (the VM tests): the kernel's nfsd with `rpc.mountd` and `exportfs` (nfs-kernel-server),
+//! exporting a fresh tmpfs to 127.0.0.1 as the NFSv4 root (`fsid=0`).
+//!
+//! The export is a tmpfs of its own because nfsd exports only filesystems it can make file
+//! handles for (not the overlays and 9p of a virtme guest), and the root of the v4 pseudo
+//! filesystem because its parent directories sit on those. Clients mount `127.0.0.1:/` (or a
+//! directory below it). NFSv4 needs no rpcbind: nfsd runs with version 3 and UDP off.
+//!
+//! One server at a time (there is one NFSv4 root). Drop stops nfsd, unexports, stops mountd,
+//! unmounts the tmpfs and `/proc/fs/nfsd` (where it mounted it) and removes its directory, also
+//! when the test panics.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{run, wait_for};
+
+/// nfsd's control filesystem.
+const NFSD_FS: &str = "/proc/fs/nfsd";
+
+/// The shortest grace period and lease nfsd takes, in seconds: a server started fresh refuses
+/// to open files for its grace period.
+const GRACE_SECONDS: &str = "10";
+
+pub struct NfsServer {
+    root: PathBuf,
+    mountd: Option<Child>,
+    mounted_nfsd_fs: bool,
+    running: bool,
+}
+
+impl NfsServer {
+    /// Starts nfsd and mountd and exports a fresh, empty tmpfs to 127.0.0.1.
+    pub fn start() -> NfsServer {
+        run(Command::new("modprobe").arg("nfsd"));
+        let mounted_nfsd_fs = !Path::new(NFSD_FS).join("threads").exists();
+        if mounted_nfsd_fs {
+            run(Command::new("mount").args(["-t", "nfsd", "nfsd", NFSD_FS]));
+        }
+        let root = tempfile::Builder::new()
+            .prefix("imageapi-nfs-")
+            .tempdir()
+            .expect("temp dir for the export")
+            .keep();
+        let mut server = NfsServer {
+            root,
+            mountd: None,
+            mounted_nfsd_fs,
+            running: false,
+        };
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=0755", "imageapi-nfs"])
+            .arg(&server.root));
+        run(Command::new("exportfs")
+            .args([
+                "-o",
+                "rw,sync,no_root_squash,no_subtree_check,insecure,fsid=0",
+            ])
+            .arg(format!("127.0.0.1:{}", server.root.display())));
+        server.mountd = Some(
+            Command::new("rpc.mountd")
+                .args(["--foreground", "--no-udp"])
+                .args(["--no-nfs-version", "2", "--no-nfs-version", "3"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn rpc.mountd"),
+        );
+        server.start_nfsd();
+        server
+    }
+
+    /// Starts nfsd's threads again after [`NfsServer::stop_nfsd`] (a server reboot: clients
+    /// reclaim their state within the grace period).
+    pub fn start_nfsd(&mut self) {
+        run(Command::new("rpc.nfsd").args([
+            "--no-nfs-version",
+            "3",
+            "--no-udp",
+            // Its usage names --leasetime, which it does not take: the short forms.
+            "-G",
+            GRACE_SECONDS,
+            "-L",
+            GRACE_SECONDS,
+            "4",
+        ]));
+        self.running = true;
+        let listening = wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", 2049)).is_ok()
+        });
+        assert!(listening, "nfsd does not listen on 127.0.0.1:2049");
+    }
+
+    /// Stops nfsd's threads: the server is dead to its clients (connections refused) until
+    /// [`NfsServer::start_nfsd`]; the export and its files stay.
+    pub fn stop_nfsd(&mut self) {
+        run(Command::new("rpc.nfsd").arg("0"));
+        self.running = false;
+    }
+
+    /// The exported directory as the server sees it: files put here are on the export.
+    pub fn export_dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// The address clients mount from.
+    pub fn host(&self) -> &'static str {
+        "127.0.0.1"
+    }
+}
+
+impl Drop for NfsServer {
+    fn drop(&mut self) {
+        let quietly = |cmd: &mut Command| {
+            let answer = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+            if !answer.is_ok_and(|status| status.success()) {
+                eprintln!("nfs server fixture: {cmd:?} failed");
+            }
+        };
+        if self.running {
+            quietly(Command::new("rpc.nfsd").arg("0"));
+        }
+        quietly(
+            Command::new("exportfs")
+                .arg("-u")
+                .arg(format!("127.0.0.1:{}", self.root.display())),
+        );
+        if let Some(mut mountd) = self.mountd.take() {
+            let _ = Command::new("kill")
+                .arg(mountd.id().to_string())
+                .stderr(Stdio::null())
+                .status();
+            let _ = mountd.wait();
+        }
+        quietly(Command::new("umount").arg(&self.root));
+        if let Err(err) = fs::remove_dir(&self.root) {
+            eprintln!("nfs server fixture: rmdir {}: {err}", self.root.display());
+        }
+        if self.mounted_nfsd_fs {
+            quietly(Command::new("umount").arg(NFSD_FS));
+        }
+    }
+}
