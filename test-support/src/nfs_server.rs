@@ -5,7 +5,8 @@
 //! The export is a tmpfs of its own because nfsd exports only filesystems it can make file
 //! handles for (not the overlays and 9p of a virtme guest), and the root of the v4 pseudo
 //! filesystem because its parent directories sit on those. Clients mount `127.0.0.1:/` (or a
-//! directory below it). NFSv4 needs no rpcbind: nfsd runs with version 3 and UDP off.
+//! directory below it). NFSv4 needs no rpcbind: nfsd runs with version 3 and UDP off
+//! ([`NfsServer::start_v3`] serves NFSv3 too, with rpcbind).
 //!
 //! One server at a time (there is one NFSv4 root). Drop stops nfsd, unexports, stops mountd,
 //! unmounts the tmpfs and `/proc/fs/nfsd` (where it mounted it) and removes its directory, also
@@ -27,14 +28,28 @@ const GRACE_SECONDS: &str = "10";
 
 pub struct NfsServer {
     root: PathBuf,
+    /// Serving NFSv3 too, with rpcbind.
+    v3: bool,
+    rpcbind: Option<Child>,
     mountd: Option<Child>,
     mounted_nfsd_fs: bool,
     running: bool,
 }
 
 impl NfsServer {
-    /// Starts nfsd and mountd and exports a fresh, empty tmpfs to 127.0.0.1.
+    /// Starts nfsd and mountd for NFSv4 only and exports a fresh, empty tmpfs to 127.0.0.1.
     pub fn start() -> NfsServer {
+        NfsServer::start_with(false)
+    }
+
+    /// [`NfsServer::start`], also serving NFSv3: with rpcbind, which NFSv3 clients ask for the
+    /// ports of mountd and nfsd. Clients mount the export by its path on the server
+    /// ([`NfsServer::export_dir`]).
+    pub fn start_v3() -> NfsServer {
+        NfsServer::start_with(true)
+    }
+
+    fn start_with(v3: bool) -> NfsServer {
         run(Command::new("modprobe").arg("nfsd"));
         let mounted_nfsd_fs = !Path::new(NFSD_FS).join("threads").exists();
         if mounted_nfsd_fs {
@@ -47,6 +62,8 @@ impl NfsServer {
             .keep();
         let mut server = NfsServer {
             root,
+            v3,
+            rpcbind: None,
             mountd: None,
             mounted_nfsd_fs,
             running: false,
@@ -60,10 +77,28 @@ impl NfsServer {
                 "rw,sync,no_root_squash,no_subtree_check,insecure,fsid=0",
             ])
             .arg(format!("127.0.0.1:{}", server.root.display())));
+        if v3 {
+            server.rpcbind = Some(
+                Command::new("rpcbind")
+                    .arg("-f")
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .expect("spawn rpcbind"),
+            );
+            let listening = wait_for(Duration::from_secs(10), || {
+                std::net::TcpStream::connect(("127.0.0.1", 111)).is_ok()
+            });
+            assert!(listening, "rpcbind does not listen on 127.0.0.1:111");
+        }
+        let mut mountd = Command::new("rpc.mountd");
+        mountd
+            .args(["--foreground", "--no-udp"])
+            .args(["--no-nfs-version", "2"]);
+        if !v3 {
+            mountd.args(["--no-nfs-version", "3"]);
+        }
         server.mountd = Some(
-            Command::new("rpc.mountd")
-                .args(["--foreground", "--no-udp"])
-                .args(["--no-nfs-version", "2", "--no-nfs-version", "3"])
+            mountd
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .spawn()
@@ -76,9 +111,11 @@ impl NfsServer {
     /// Starts nfsd's threads again after [`NfsServer::stop_nfsd`] (a server reboot: clients
     /// reclaim their state within the grace period).
     pub fn start_nfsd(&mut self) {
-        run(Command::new("rpc.nfsd").args([
-            "--no-nfs-version",
-            "3",
+        let mut nfsd = Command::new("rpc.nfsd");
+        if !self.v3 {
+            nfsd.args(["--no-nfs-version", "3"]);
+        }
+        run(nfsd.args([
             "--no-udp",
             // Its usage names --leasetime, which it does not take: the short forms.
             "-G",
@@ -128,12 +165,15 @@ impl Drop for NfsServer {
                 .arg("-u")
                 .arg(format!("127.0.0.1:{}", self.root.display())),
         );
-        if let Some(mut mountd) = self.mountd.take() {
+        for mut daemon in [self.mountd.take(), self.rpcbind.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = Command::new("kill")
-                .arg(mountd.id().to_string())
+                .arg(daemon.id().to_string())
                 .stderr(Stdio::null())
                 .status();
-            let _ = mountd.wait();
+            let _ = daemon.wait();
         }
         quietly(Command::new("umount").arg(&self.root));
         if let Err(err) = fs::remove_dir(&self.root) {

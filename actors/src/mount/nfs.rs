@@ -12,6 +12,8 @@
 
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -26,7 +28,7 @@ use crate::model::spec::{check_absolute, check_hostname, field, invalid, Invalid
 use crate::model::wire::{Id, Mount, MountKind, MountNfs};
 use crate::registry::graph::ObjectKind;
 use crate::sys::mounts::{self, parse_mount_options, MountOptions};
-use crate::sys::{kmod, sys_err, SysError};
+use crate::sys::{errno_of_io, kmod, sys_err, SysError};
 
 const NFS: Origin = Origin::new(ObjectKind::Mount, "nfs");
 
@@ -43,6 +45,11 @@ const DEFAULT_RETRANS: u32 = 1;
 /// How long a release waits for the server to take a TCP connection before it counts it dead.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a forced release waits for its unmount before it looks whether the mount has left
+/// the tree, and how long it waits for that.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(1);
+const OUT_OF_TREE_WAIT: Duration = Duration::from_secs(3);
+
 /// mount(2) copies one page of data; the service's own options take less than 160 bytes of it.
 const CLIENT_OPTIONS_MAX: usize = 3800;
 
@@ -52,7 +59,7 @@ pub struct Nfs;
 pub enum NfsVersion {
     #[serde(rename = "3")]
     V3,
-    /// 4, the minor version left to the kernel.
+    /// 4, the highest minor version the server offers.
     #[serde(rename = "4")]
     V4,
     #[serde(rename = "4.0")]
@@ -93,6 +100,18 @@ impl NfsVersion {
         match self {
             NfsVersion::V3 => "nfs",
             _ => "nfs4",
+        }
+    }
+
+    /// What a mount tries, in order: `4` is the highest minor version the server offers (the
+    /// kernel would take `vers=4` as 4.0).
+    fn minor_versions_to_try(self) -> &'static [NfsVersion] {
+        match self {
+            NfsVersion::V3 => &[NfsVersion::V3],
+            NfsVersion::V4 => &[NfsVersion::V4_2, NfsVersion::V4_1, NfsVersion::V4_0],
+            NfsVersion::V4_0 => &[NfsVersion::V4_0],
+            NfsVersion::V4_1 => &[NfsVersion::V4_1],
+            NfsVersion::V4_2 => &[NfsVersion::V4_2],
         }
     }
 
@@ -178,16 +197,35 @@ impl Driver for Nfs {
         let client_options = parse_mount_options(&spec.options);
         let mut flags = client_options.flags;
         flags.set(MsFlags::MS_RDONLY, spec.read_only);
-        let options = MountOptions {
-            flags,
-            data: mount_data(spec.version, server.ip(), client, &client_options.data),
-        };
         let source = format!("{}:{}", spec.host, spec.path);
-        debug!(id, source, data = options.data, "mounting nfs");
         let started = Instant::now();
         let fs = mount_on_fresh_dir(&host.mount_dir, NFS, Some(fs_type), |target| {
-            mounts::mount_filesystem(Path::new(&source), target, fs_type, &options)
-                .map_err(|err| mount_error(err, spec, &options.data, started.elapsed()))
+            let mut versions = spec.version.minor_versions_to_try().iter().peekable();
+            while let Some(&version) = versions.next() {
+                let options = MountOptions {
+                    flags,
+                    data: mount_data(version, server.ip(), client, &client_options.data),
+                };
+                debug!(id, source, data = options.data, "mounting nfs");
+                match mounts::mount_filesystem(Path::new(&source), target, fs_type, &options) {
+                    Ok(()) => return Ok(()),
+                    // The server does not offer this minor version: the next one down, as
+                    // mount.nfs does.
+                    Err(err)
+                        if err.errno == Errno::EPROTONOSUPPORT && versions.peek().is_some() =>
+                    {
+                        debug!(
+                            id,
+                            version = version.as_str(),
+                            "the server does not offer it"
+                        );
+                    }
+                    Err(err) => {
+                        return Err(mount_error(err, spec, &options.data, started.elapsed()))
+                    }
+                }
+            }
+            unreachable!("every version tries at least one minor version")
         })?;
         let facts = NfsFacts {
             mount: fs.facts(),
@@ -196,6 +234,8 @@ impl Driver for Nfs {
         Ok((NfsMount { fs, server }, facts))
     }
 
+    /// Looks into no mount (see [`mounts::mounted_fs_type`]): a dead server does not hold up
+    /// the start.
     fn adopt(&self, _: &Host, _: Id, _: &NfsSpec, facts: &NfsFacts) -> Option<NfsMount> {
         Some(NfsMount {
             fs: MountedFs::adopt(&facts.mount)?,
@@ -443,19 +483,63 @@ fn mount_error(err: SysError, spec: &NfsSpec, data: &str, took: Duration) -> Err
 
 /// Unmounts without waiting for the server: `MNT_FORCE` aborts the RPCs in flight, and a mount
 /// still busy after that is detached (the kernel frees it when its last user goes).
+///
+/// umount2 takes the mount out of the tree first and tears its superblock down on the way out
+/// of the call: for NFSv4 that returns delegations and ends the session, RPCs to a dead server
+/// that give up only after `timeo` and `retrans` (13 s measured with the defaults). So the
+/// unmount runs on a thread of its own, which the release waits for only until the mount has
+/// left the tree.
 fn release_forced(fs: MountedFs) -> Result<(), Error> {
     let origin = Origin::new(ObjectKind::Mount, "unmount");
-    let mountpoint = fs.mountpoint.as_path();
-    if let Err(errno) = umount2(mountpoint, MntFlags::MNT_FORCE) {
+    let mountpoint = fs.mountpoint;
+    let (answer, answered) = mpsc::channel();
+    let target = mountpoint.clone();
+    thread::Builder::new()
+        .name("nfs-unmount".into())
+        .spawn(move || {
+            let _ = answer.send(umount2(&target, MntFlags::MNT_FORCE));
+        })
+        .map_err(|err| SysError {
+            op: format!("start a thread to unmount {}", mountpoint.display()),
+            errno: errno_of_io(&err),
+        })
+        .map_err(Error::kernel(origin))?;
+    let unmounted = match answered.recv_timeout(TEARDOWN_WAIT) {
+        Ok(unmounted) => unmounted,
+        Err(_) if wait_until_out_of_tree(&mountpoint) => {
+            debug!(mountpoint = %mountpoint.display(), "unmounted; the kernel still tears down");
+            Ok(())
+        }
+        Err(_) => Err(Errno::ETIMEDOUT),
+    };
+    if let Err(errno) = unmounted {
         warn!(mountpoint = %mountpoint.display(), %errno, "forced unmount failed: detaching");
-        umount2(mountpoint, MntFlags::MNT_DETACH)
-            .map_err(sys_err(format!(
-                "umount2 MNT_DETACH {}",
-                mountpoint.display()
-            )))
-            .map_err(Error::kernel(origin))?;
+        let detached = umount2(&mountpoint, MntFlags::MNT_DETACH);
+        // EINVAL: no longer a mount, the forced unmount got there first.
+        if detached.is_err() && mounts::mounted_fs_type(&mountpoint).is_some() {
+            detached
+                .map_err(sys_err(format!(
+                    "umount2 MNT_DETACH {}",
+                    mountpoint.display()
+                )))
+                .map_err(Error::kernel(origin))?;
+        }
     }
-    remove_dir(mountpoint).map_err(Error::kernel(origin))
+    remove_dir(&mountpoint).map_err(Error::kernel(origin))
+}
+
+/// Whether the mount on `mountpoint` leaves the tree within [`OUT_OF_TREE_WAIT`].
+fn wait_until_out_of_tree(mountpoint: &Path) -> bool {
+    let deadline = Instant::now() + OUT_OF_TREE_WAIT;
+    loop {
+        if mounts::mounted_fs_type(mountpoint).is_none() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[cfg(test)]
@@ -534,15 +618,22 @@ mod tests {
                 "vers=4.0,addr=10.0.0.3,clientaddr=10.0.0.9,timeo=50,retrans=1",
             ),
             (
-                NfsVersion::V4,
-                "vers=4,addr=10.0.0.3,clientaddr=10.0.0.9,timeo=50,retrans=1",
-            ),
-            (
                 NfsVersion::V3,
                 "vers=3,addr=10.0.0.3,nolock,timeo=50,retrans=1",
             ),
         ] {
             assert_eq!(mount_data(version, SERVER, CLIENT, ""), data, "{version:?}");
+        }
+    }
+
+    #[test]
+    fn version_4_tries_the_highest_minor_version_first() {
+        assert_eq!(
+            NfsVersion::V4.minor_versions_to_try(),
+            [NfsVersion::V4_2, NfsVersion::V4_1, NfsVersion::V4_0]
+        );
+        for version in NfsVersion::ALL.into_iter().filter(|&v| v != NfsVersion::V4) {
+            assert_eq!(version.minor_versions_to_try(), [version]);
         }
     }
 
