@@ -348,6 +348,18 @@ fn failures_are_bounded_name_the_stage_and_leave_nothing() {
     assert!(took < MOUNT_BOUND, "{took:?}");
     eprintln!("closed port: {body}");
 
+    // A name the resolver does not know: the guest has no name server.
+    let (unknown, took) = timed("unknown host name", || {
+        svc.post(
+            "/mount",
+            &json!({ "kind": "nfs", "nfs": { "host": "no-such-host.invalid", "path": "/" } }),
+        )
+    });
+    let body = assert_nested_failure(&unknown, "mount", Some("nfs"));
+    assert_eq!(unknown.status, 504, "{unknown}");
+    assert!(took < MOUNT_BOUND, "{took:?}");
+    eprintln!("unknown host name: {body}");
+
     // Nested: the whole chain rolls back.
     let (nested, _) = timed("nested, closed port", || {
         svc.post(
