@@ -246,8 +246,9 @@ fn a_container_runs_from_a_squashfs_file_on_nfs() {
     );
     assert_eq!(created["state"], "running", "{created}");
     let logfile = str_of(&created, "/logfile").to_string();
+    // The service's "started" line quotes the command: the init's own line is "ready" alone.
     let ready = wait_for(Duration::from_secs(60), || {
-        fs::read_to_string(&logfile).is_ok_and(|log| log.contains("ready"))
+        fs::read_to_string(&logfile).is_ok_and(|log| log.lines().any(|line| line == "ready"))
     });
     let log = fs::read_to_string(&logfile).unwrap_or_default();
     assert!(ready, "the init never got ready: {log}");

@@ -26,8 +26,13 @@ const NFSD_FS: &str = "/proc/fs/nfsd";
 /// to open files for its grace period.
 const GRACE_SECONDS: &str = "10";
 
+/// What rpcbind leaves in /run after it exits (its socket, lock and warm-start state).
+const RPCBIND_FILES: [&str; 3] = ["/run/rpcbind.sock", "/run/rpcbind.lock", "/run/rpcbind"];
+
 pub struct NfsServer {
     root: PathBuf,
+    /// Of [`RPCBIND_FILES`], those that were not there before rpcbind started: Drop removes them.
+    rpcbind_files: Vec<PathBuf>,
     /// Serving NFSv3 too, with rpcbind.
     v3: bool,
     rpcbind: Option<Child>,
@@ -62,6 +67,7 @@ impl NfsServer {
             .keep();
         let mut server = NfsServer {
             root,
+            rpcbind_files: Vec::new(),
             v3,
             rpcbind: None,
             mountd: None,
@@ -78,6 +84,11 @@ impl NfsServer {
             ])
             .arg(format!("127.0.0.1:{}", server.root.display())));
         if v3 {
+            server.rpcbind_files = RPCBIND_FILES
+                .iter()
+                .map(PathBuf::from)
+                .filter(|path| !path.exists())
+                .collect();
             server.rpcbind = Some(
                 Command::new("rpcbind")
                     .arg("-f")
@@ -174,6 +185,19 @@ impl Drop for NfsServer {
                 .stderr(Stdio::null())
                 .status();
             let _ = daemon.wait();
+        }
+        for path in &self.rpcbind_files {
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(path)
+            } else {
+                fs::remove_file(path)
+            };
+            if let Err(err) = removed.or_else(|err| match err.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(err),
+            }) {
+                eprintln!("nfs server fixture: remove {}: {err}", path.display());
+            }
         }
         quietly(Command::new("umount").arg(&self.root));
         if let Err(err) = fs::remove_dir(&self.root) {

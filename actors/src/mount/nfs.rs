@@ -200,8 +200,11 @@ impl Driver for Nfs {
         let source = format!("{}:{}", spec.host, spec.path);
         let started = Instant::now();
         let fs = mount_on_fresh_dir(&host.mount_dir, NFS, Some(fs_type), |target| {
-            let mut versions = spec.version.minor_versions_to_try().iter().peekable();
-            while let Some(&version) = versions.next() {
+            let versions = spec.version.minor_versions_to_try();
+            let mut tried = 0;
+            loop {
+                let version = versions[tried];
+                tried += 1;
                 let options = MountOptions {
                     flags,
                     data: mount_data(version, server.ip(), client, &client_options.data),
@@ -211,9 +214,7 @@ impl Driver for Nfs {
                     Ok(()) => return Ok(()),
                     // The server does not offer this minor version: the next one down, as
                     // mount.nfs does.
-                    Err(err)
-                        if err.errno == Errno::EPROTONOSUPPORT && versions.peek().is_some() =>
-                    {
+                    Err(err) if err.errno == Errno::EPROTONOSUPPORT && tried < versions.len() => {
                         debug!(
                             id,
                             version = version.as_str(),
@@ -225,7 +226,6 @@ impl Driver for Nfs {
                     }
                 }
             }
-            unreachable!("every version tries at least one minor version")
         })?;
         let facts = NfsFacts {
             mount: fs.facts(),
