@@ -26,8 +26,15 @@ const NFSD_FS: &str = "/proc/fs/nfsd";
 /// to open files for its grace period.
 const GRACE_SECONDS: &str = "10";
 
-/// What rpcbind leaves in /run after it exits (its socket, lock and warm-start state).
-const RPCBIND_FILES: [&str; 3] = ["/run/rpcbind.sock", "/run/rpcbind.lock", "/run/rpcbind"];
+/// What rpcbind leaves in /run after it exits: its socket, lock and warm-start state, and the
+/// state's directory (which a booted system has already), last.
+const RPCBIND_FILES: [&str; 5] = [
+    "/run/rpcbind.sock",
+    "/run/rpcbind.lock",
+    "/run/rpcbind/portmap.xdr",
+    "/run/rpcbind/rpcbind.xdr",
+    "/run/rpcbind",
+];
 
 pub struct NfsServer {
     root: PathBuf,
@@ -188,7 +195,7 @@ impl Drop for NfsServer {
         }
         for path in &self.rpcbind_files {
             let removed = if path.is_dir() {
-                fs::remove_dir_all(path)
+                fs::remove_dir(path)
             } else {
                 fs::remove_file(path)
             };
