@@ -517,7 +517,7 @@ impl Kinds {
             .with(crate::attach::iscsi::Iscsi)
             .with(crate::mount::attach::AttachFs)
             .with(crate::mount::bind::Bind)
-            .with(CheckedOnly(crate::mount::nfs::Nfs))
+            .with(crate::mount::nfs::Nfs)
             .with(crate::mount::overlay::Overlay)
             .with(crate::mount::uri::Uri::new(uri.clone()))
     }

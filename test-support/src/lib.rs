@@ -16,6 +16,7 @@ pub mod images;
 pub mod iscsi_target;
 pub mod json;
 pub mod kernel;
+pub mod nfs_server;
 pub mod server;
 pub mod service;
 
@@ -26,6 +27,7 @@ pub use images::*;
 pub use iscsi_target::*;
 pub use json::*;
 pub use kernel::*;
+pub use nfs_server::*;
 pub use server::*;
 pub use service::*;
 

@@ -284,9 +284,14 @@ pub fn is_mountpoint(path: &Path) -> Result<bool, SysError> {
 
 /// The filesystem type of the mount whose mountpoint is exactly `path`, from
 /// `/proc/self/mountinfo` (the topmost one when several are stacked).
+///
+/// Only the parent of `path` is resolved: a stat of `path` itself would look into the mount,
+/// and wait for its server if that is a dead NFS server.
 pub fn mounted_fs_type(path: &Path) -> Option<String> {
     let mounts = super::mountinfo::read_own().ok()?;
-    let wanted = std::fs::canonicalize(path).ok()?;
+    let wanted = std::fs::canonicalize(path.parent()?)
+        .ok()?
+        .join(path.file_name()?);
     mounts
         .into_iter()
         .rev()
