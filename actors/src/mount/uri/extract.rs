@@ -104,15 +104,8 @@ pub fn unpack(archive: impl Read, root: &Path, devices: bool) -> Result<u64, Ext
         let Some((name, parents)) = path.split_last() else {
             // The archive's root itself ("./"): it gives the ramdisk's root its owner and mode.
             if kind == EntryType::Directory {
-                chownat(
-                    &root_fd,
-                    ".",
-                    Some(uid_of(uid)),
-                    Some(gid_of(gid)),
-                    AtFlags::empty(),
-                )
-                .map_err(at("chown"))?;
-                chmodat(&root_fd, ".", mode, AtFlags::empty()).map_err(at("chmod"))?;
+                set_owner_and_mode(&root_fd, ".", uid, gid, mode)
+                    .map_err(|(what, errno)| at(what)(errno))?;
                 dirs.push(MadeDir { path, mtime });
             }
             continue;
@@ -134,15 +127,8 @@ pub fn unpack(archive: impl Read, root: &Path, devices: bool) -> Result<u64, Ext
                     }
                     Err(err) => return Err(at("mkdir")(err)),
                 }
-                chownat(
-                    &parent,
-                    name.as_str(),
-                    Some(uid_of(uid)),
-                    Some(gid_of(gid)),
-                    AtFlags::empty(),
-                )
-                .map_err(at("chown"))?;
-                chmodat(&parent, name.as_str(), mode, AtFlags::empty()).map_err(at("chmod"))?;
+                set_owner_and_mode(&parent, name.as_str(), uid, gid, mode)
+                    .map_err(|(what, errno)| at(what)(errno))?;
                 dirs.push(MadeDir {
                     path: path.clone(),
                     mtime,
@@ -260,15 +246,8 @@ pub fn unpack(archive: impl Read, root: &Path, devices: bool) -> Result<u64, Ext
                     )
                 })
                 .map_err(at("mknod"))?;
-                chownat(
-                    &parent,
-                    name.as_str(),
-                    Some(uid_of(uid)),
-                    Some(gid_of(gid)),
-                    AtFlags::empty(),
-                )
-                .map_err(at("chown"))?;
-                chmodat(&parent, name.as_str(), mode, AtFlags::empty()).map_err(at("chmod"))?;
+                set_owner_and_mode(&parent, name.as_str(), uid, gid, mode)
+                    .map_err(|(what, errno)| at(what)(errno))?;
             }
             // A pax header for every following entry: what it says (times, names) is not kept.
             EntryType::XGlobalHeader => continue,
@@ -321,6 +300,26 @@ fn xattrs_of(
         }
     }
     Ok(xattrs)
+}
+
+/// Gives an entry the archive's owner, then its mode (in that order: a chown clears the setuid
+/// and setgid bits). Errors name the call that failed.
+fn set_owner_and_mode(
+    dir: &impl AsFd,
+    name: &str,
+    uid: u32,
+    gid: u32,
+    mode: Mode,
+) -> Result<(), (&'static str, rustix::io::Errno)> {
+    chownat(
+        dir,
+        name,
+        Some(uid_of(uid)),
+        Some(gid_of(gid)),
+        AtFlags::empty(),
+    )
+    .map_err(|errno| ("chown", errno))?;
+    chmodat(dir, name, mode, AtFlags::empty()).map_err(|errno| ("chmod", errno))
 }
 
 fn uid_of(uid: u32) -> Uid {
