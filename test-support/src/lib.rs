@@ -8,6 +8,7 @@
 //!
 //! Everything is re-exported at the root, so `tests/common` can `pub use test_support::*;`.
 
+pub mod ceph;
 pub mod http;
 pub mod images;
 pub mod json;
@@ -15,6 +16,7 @@ pub mod kernel;
 pub mod server;
 pub mod service;
 
+pub use ceph::*;
 pub use http::*;
 pub use images::*;
 pub use json::*;

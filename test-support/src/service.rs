@@ -27,6 +27,8 @@ pub struct ServiceOptions {
     /// Start without `--cleanup-on-exit`: a SIGTERM then leaves every object in place for the
     /// next start (see [`Service::restart`]).
     pub keep_objects: bool,
+    /// `IMAGEAPI_LOGLEVEL` (a logrus level word); `DEBUG` when `None`.
+    pub log_level: Option<&'static str>,
 }
 
 /// A running `imageapi-server` with its own temp dir (socket, mount dir, log dir, images).
@@ -44,6 +46,7 @@ pub struct Service {
     process: ServerProcess,
     transport: Transport,
     http: Option<SocketAddr>,
+    log_level: &'static str,
 }
 
 impl Service {
@@ -70,7 +73,8 @@ impl Service {
         } else {
             None
         };
-        let process = spawn_service(server, &dir, &args, !options.keep_objects);
+        let log_level = options.log_level.unwrap_or("DEBUG");
+        let process = spawn_service(server, &dir, &args, !options.keep_objects, log_level);
         let mut service = Service {
             tmp: Some(tmp),
             dir,
@@ -79,6 +83,7 @@ impl Service {
             process,
             transport: Transport::Unix(socket),
             http,
+            log_level,
         };
         service.wait_ready();
         service
@@ -103,7 +108,13 @@ impl Service {
     }
 
     fn start_again(&mut self, keep_objects: bool) {
-        self.process = spawn_service(&self.server, &self.dir, &self.args, !keep_objects);
+        self.process = spawn_service(
+            &self.server,
+            &self.dir,
+            &self.args,
+            !keep_objects,
+            self.log_level,
+        );
         self.wait_ready();
     }
 
@@ -341,6 +352,7 @@ fn spawn_service(
     dir: &Path,
     args: &[OsString],
     cleanup_on_exit: bool,
+    log_level: &str,
 ) -> ServerProcess {
     let log = |name: &str| {
         fs::OpenOptions::new()
@@ -354,7 +366,7 @@ fn spawn_service(
     if cleanup_on_exit {
         cmd.arg("--cleanup-on-exit");
     }
-    cmd.env("IMAGEAPI_LOGLEVEL", "DEBUG")
+    cmd.env("IMAGEAPI_LOGLEVEL", log_level)
         .stdin(Stdio::null())
         .stdout(log("service.stdout"))
         .stderr(log("service.stderr"));
