@@ -50,6 +50,9 @@ unshare --mount --propagation private sh -c \
   'umount -l /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup &&
    cargo test -p imageapi-actors --test container_runtime && cargo test --test systemd' ||
   status=$?
+# The network storage drivers (rbd, iscsi, nfs) against real servers, in a guest whose kernel
+# has the modules this host lacks (after the host suite: it builds the images the guest boots).
+tests/vm/run.sh || status=$?
 # The served swagger.yaml against the service, by schemathesis (no 5xx for client faults).
 tests/contract/schemathesis.sh || status=$?
 

@@ -2,7 +2,7 @@
 //! its init boots to `running` with no failed unit, keeps to its own cgroups, and shuts down
 //! cleanly on `PATCH state=exited`.
 //!
-//! The image is built with debootstrap the first time (about a minute, from deb.debian.org) and
+//! The image comes from `test_support::debian_systemd_image`: built once with debootstrap and
 //! kept as `target/test-images/debian-bookworm-systemd-v1.squashfs` for later runs. The test
 //! fails, rather than skips, when debootstrap is missing or cannot download.
 //!
@@ -11,23 +11,15 @@
 
 mod common;
 
-use std::fs::{self, File};
-use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
 
-/// Bump when the image recipe changes: a new name makes the cache build anew.
-const IMAGE_NAME: &str = "debian-bookworm-systemd-v1";
-const SUITE: &str = "bookworm";
-const MIRROR: &str = "http://deb.debian.org/debian";
-/// How long debootstrap may take (it downloads about 60 MB).
-const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long systemd may take to finish booting.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// A clean shutdown takes about a second; the service would kill systemd after 30 s.
@@ -38,7 +30,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 #[test]
 fn debian_with_systemd_boots_keeps_to_its_cgroups_and_shuts_down_cleanly() {
     let started = Instant::now();
-    let image = debian_image();
+    let image = debian_systemd_image(&test_images_dir());
     let built = started.elapsed();
     println!("image {} ready after {built:.1?}", image.display());
 
@@ -363,43 +355,6 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// Runs `cmd` with its output collected, killing it after `timeout`; (success, stdout and
-/// stderr).
-fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> (bool, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out_path = dir.path().join("out");
-    let out = File::create(&out_path).expect("output file");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let mut text = String::new();
-    File::open(&out_path)
-        .and_then(|mut f| f.read_to_string(&mut text))
-        .expect("read the output");
-    match status {
-        Some(status) => (status.success(), text),
-        None => (
-            false,
-            format!("{text}\n(killed after {timeout:?}: {cmd:?})"),
-        ),
-    }
-}
-
 /// Whether no thread of process `pid` has a name starting with `prefix`.
 fn no_thread_named(pid: u32, prefix: &str) -> bool {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -529,120 +484,3 @@ impl Hierarchies {
 // ---------------------------------------------------------------------------------------------
 // The image
 // ---------------------------------------------------------------------------------------------
-
-/// The cached image, built first if needed (one builder at a time, under a lock file).
-fn debian_image() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .join("test-images");
-    fs::create_dir_all(&dir).expect("create target/test-images");
-    let image = dir.join(format!("{IMAGE_NAME}.squashfs"));
-    let lock = File::create(dir.join(format!("{IMAGE_NAME}.lock"))).expect("lock file");
-    // SAFETY: flock(2) on a descriptor owned by `lock` for the whole call.
-    let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(
-        locked,
-        0,
-        "lock the image cache: {}",
-        std::io::Error::last_os_error()
-    );
-    if !image.exists() {
-        build_image(&dir, &image);
-    }
-    // The lock goes with `lock`.
-    image
-}
-
-/// Removes a build tree, after unmounting anything an interrupted debootstrap left in it.
-fn remove_build(build: &Path) {
-    if !build.exists() {
-        return;
-    }
-    force_cleanup(build);
-    let left = mounts_under(build);
-    assert!(left.is_empty(), "cannot unmount {left:?}");
-    fs::remove_dir_all(build).unwrap_or_else(|e| panic!("remove {}: {e}", build.display()));
-}
-
-/// Removes the build tree when dropped, also when the build fails.
-struct BuildTree(PathBuf);
-
-impl Drop for BuildTree {
-    fn drop(&mut self) {
-        remove_build(&self.0);
-    }
-}
-
-fn build_image(dir: &Path, image: &Path) {
-    let started = Instant::now();
-    let debootstrap = ["/usr/sbin/debootstrap", "/sbin/debootstrap"]
-        .into_iter()
-        .map(Path::new)
-        .find(|path| path.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "debootstrap is not installed: the systemd test builds its Debian image with it \
-                 (apt-get install debootstrap)"
-            )
-        });
-    let build = dir.join(format!("{IMAGE_NAME}.build"));
-    remove_build(&build);
-    let tree = BuildTree(build.clone());
-    let log = dir.join(format!("{IMAGE_NAME}.debootstrap.log"));
-    println!(
-        "building {} with debootstrap (log: {})",
-        image.display(),
-        log.display()
-    );
-    let mut cmd = Command::new(debootstrap);
-    cmd.args([
-        "--variant=minbase",
-        "--include=systemd,systemd-sysv,dbus",
-        SUITE,
-    ])
-    .arg(&build)
-    .arg(MIRROR);
-    let (ok, output) = run_with_timeout(&mut cmd, BUILD_TIMEOUT);
-    fs::write(&log, &output).expect("write the debootstrap log");
-    if !ok {
-        let tail: Vec<&str> = output.lines().rev().take(30).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!(
-            "debootstrap of Debian {SUITE} from {MIRROR} failed (can this machine download from \
-             it?); the end of {}:\n{}",
-            log.display(),
-            tail.join("\n")
-        );
-    }
-    customize(&tree.0);
-    let partial = dir.join(format!("{IMAGE_NAME}.squashfs.partial"));
-    run(Command::new("mksquashfs").arg(&tree.0).arg(&partial).args([
-        "-noappend",
-        "-no-progress",
-        "-quiet",
-        "-no-xattrs",
-    ]));
-    fs::rename(&partial, image).expect("move the image into place");
-    drop(tree);
-    println!("built {} in {:.1?}", image.display(), started.elapsed());
-}
-
-/// What the test changes in debootstrap's tree, and why:
-/// - `/etc/hostname` is the build host's name, copied by debootstrap: without it systemd keeps
-///   the host name the container was given (its name);
-/// - apt's package cache and downloaded packages are only needed to install packages.
-fn customize(root: &Path) {
-    let _ = fs::remove_file(root.join("etc/hostname"));
-    for dir in ["var/cache/apt/archives", "var/cache/apt"] {
-        let Ok(entries) = fs::read_dir(root.join(dir)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".deb") || name.ends_with(".bin") {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-}

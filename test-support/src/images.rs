@@ -1,10 +1,13 @@
 //! Images: trees with a static busybox, made into squashfs or ext4 files.
 
 use std::fs;
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::Service;
 
@@ -167,4 +170,41 @@ pub fn outer_squashfs_image(dir: &Path, name: &str) -> PathBuf {
     let out = dir.join(format!("{name}.squashfs"));
     mksquashfs(&src, &out);
     out
+}
+
+/// Runs `cmd` with its output collected, killing it after `timeout`; (success, stdout and
+/// stderr).
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out_path = dir.path().join("out");
+    let out = File::create(&out_path).expect("output file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut text = String::new();
+    File::open(&out_path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .expect("read the output");
+    match status {
+        Some(status) => (status.success(), text),
+        None => (
+            false,
+            format!("{text}\n(killed after {timeout:?}: {cmd:?})"),
+        ),
+    }
 }

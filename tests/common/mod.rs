@@ -8,12 +8,21 @@
 #![allow(dead_code)]
 
 use std::ops::{Deref, DerefMut};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use test_support::*;
 
 /// The service binary under test, as Cargo built it for these tests.
 pub const SERVER: &str = env!("CARGO_BIN_EXE_imageapi-server");
+
+/// Where built test images are kept between runs (`target/test-images`): the guest suite
+/// reads the ones the host suite built.
+pub fn test_images_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join("test-images")
+}
 
 /// [`test_support::Service`] running [`SERVER`]; every method of that type works on it.
 pub struct Service(test_support::Service);
