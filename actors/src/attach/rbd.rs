@@ -66,6 +66,8 @@ pub struct RbdDevice {
     made_node: bool,
     /// The request's `force` option: every unmap is forced.
     always_force: bool,
+    /// What it maps: its unmap takes the image's turn (see [`ImageTurn`]).
+    image: MappedImage,
 }
 
 impl Driver for Rbd {
@@ -105,7 +107,7 @@ impl Driver for Rbd {
         let started = Instant::now();
         let device_id = {
             let _turn = ImageTurn::take(&wanted);
-            let before: BTreeSet<u32> = sysrbd::device_ids().into_iter().collect();
+            let before = devices_showing(&wanted);
             debug!(id, image = %describe_image(spec), "mapping rbd image");
             sysrbd::map(request.bytes()).map_err(|errno| map_error(spec, errno, started))?;
             find_new_device(&before, &wanted)
@@ -154,6 +156,7 @@ impl Driver for Rbd {
             device_file,
             made_node,
             always_force: spec.options.as_ref().is_some_and(|o| o.force),
+            image: wanted,
         };
         Ok((device, facts))
     }
@@ -186,13 +189,18 @@ impl Driver for Rbd {
             device_file: facts.device_file.clone(),
             made_node,
             always_force: spec.options.as_ref().is_some_and(|o| o.force),
+            image: recorded,
         })
     }
 
     fn release(&self, _: &Host, device: RbdDevice, force: bool) -> Result<(), Error> {
         let request = unmap_request(device.id, force || device.always_force);
         debug!(device = device.id, %request, "unmapping rbd device");
-        match sysrbd::unmap(&request) {
+        let unmapped = {
+            let _turn = ImageTurn::take(&device.image);
+            sysrbd::unmap(&request)
+        };
+        match unmapped {
             Ok(()) => {}
             // Already gone (unmapped by hand, or by an earlier attempt that timed out late).
             Err(SysError {
@@ -429,16 +437,19 @@ fn map_error(spec: &AttachRbd, errno: Errno, started: Instant) -> Error {
     }
 }
 
-/// The device that appeared during the map and shows the wanted image. Only one map of an
-/// image runs at a time here ([`ImageTurn`]), so one such device is ours.
-fn find_new_device(before: &BTreeSet<u32>, wanted: &MappedImage) -> Option<u32> {
-    let mut new: Vec<u32> = sysrbd::device_ids()
+/// The devices that show `image`.
+fn devices_showing(image: &MappedImage) -> BTreeSet<u32> {
+    sysrbd::device_ids()
         .into_iter()
-        .filter(|id| !before.contains(id))
-        .filter(|&id| MappedImage::of_device(id).as_ref() == Some(wanted))
-        .collect();
-    new.sort_unstable();
-    new.first().copied()
+        .filter(|&id| MappedImage::of_device(id).as_ref() == Some(image))
+        .collect()
+}
+
+/// The device that shows the wanted image and did not before the map. Maps and unmaps of one
+/// image take turns here ([`ImageTurn`]), so no device of it went (its id free for ours) or
+/// came from this service meanwhile: the new one is ours.
+fn find_new_device(before: &BTreeSet<u32>, wanted: &MappedImage) -> Option<u32> {
+    devices_showing(wanted).difference(before).next().copied()
 }
 
 /// Makes sure `node` is device `id`'s block device node: waits for devtmpfs or udev to make
@@ -473,8 +484,9 @@ fn ensure_node(id: u32, node: &Path) -> Result<bool, SysError> {
     Ok(true)
 }
 
-/// Maps of one image take turns, so that each finds its own new device; maps of different
-/// images run side by side (a map that hangs on its monitors holds up only its own image).
+/// Maps and unmaps of one image take turns, so that each map finds its own new device; those
+/// of different images run side by side (a map that hangs on its monitors holds up only its
+/// own image here).
 struct ImageTurn {
     key: MappedImage,
 }
