@@ -16,7 +16,8 @@ use crate::{
     wait_for, NotReady, Response, ServerProcess, Transport, BASE, RELEASE_GRACE,
 };
 
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Generous: a guest under software emulation starts the service in seconds.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Options of [`Service::launch`].

@@ -32,9 +32,20 @@ const ORIGIN: Origin = Origin::new(ObjectKind::Attach, "rbd");
 /// not answer, and an unmap from a cluster that has gone.
 pub const DEFAULT_MOUNT_TIMEOUT_SECS: i64 = 10;
 
+/// The `osd_request_timeout` always sent: how long the kernel waits for an OSD request before
+/// failing it. krbd's default is none, and then a mapping whose cluster has gone cannot be
+/// unmapped, not even forced: the kernel's watch re-registration waits for the OSDs forever
+/// holding the lock the unmap needs (and the writer of the unmap request, the service, cannot
+/// even be killed). The cost: I/O on the device fails (EIO to its filesystem) when the cluster
+/// does not answer for this long, long enough to ride out an OSD's failover.
+pub const OSD_REQUEST_TIMEOUT_SECS: i64 = 30;
+
 /// How long a mapped device's `/dev/rbd<id>` may take to appear (devtmpfs makes it during the
 /// map, udev soon after) before the driver makes the node itself.
 const NODE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long an unmap that is not forced waits for others (udev's probes) to close the device.
+const BUSY_WAIT: Duration = Duration::from_secs(3);
 
 /// The kernel reads one sysfs write of at most a page less its terminating NUL.
 const MAX_REQUEST_LEN: usize = 4095;
@@ -198,7 +209,7 @@ impl Driver for Rbd {
         debug!(device = device.id, %request, "unmapping rbd device");
         let unmapped = {
             let _turn = ImageTurn::take(&device.image);
-            sysrbd::unmap(&request)
+            unmap_when_closed(&request)
         };
         match unmapped {
             Ok(()) => {}
@@ -330,6 +341,7 @@ fn kernel_options(options: &RbdOptions) -> Vec<String> {
             .map(|(_, name)| name.to_string()),
     );
     list.push(format!("mount_timeout={timeout}"));
+    list.push(format!("osd_request_timeout={OSD_REQUEST_TIMEOUT_SECS}"));
     for (name, n) in [
         ("osdkeepalive", options.osdkeepalive),
         ("osd_idle_ttl", options.osd_idle_ttl),
@@ -380,6 +392,20 @@ fn kernel_options(options: &RbdOptions) -> Vec<String> {
     list
 }
 
+/// Unmaps, retrying for [`BUSY_WAIT`] while the device is open: udev and blkid open a new
+/// device for a moment to probe it.
+fn unmap_when_closed(request: &str) -> Result<(), SysError> {
+    let deadline = Instant::now() + BUSY_WAIT;
+    loop {
+        match sysrbd::unmap(request) {
+            Err(err) if err.errno == Errno::EBUSY && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(50));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// What `remove_single_major` is sent to unmap device `id`.
 fn unmap_request(id: u32, force: bool) -> String {
     if force {
@@ -403,8 +429,9 @@ fn map_error(spec: &AttachRbd, errno: Errno, started: Instant) -> Error {
         Errno::ETIMEDOUT => Error::unreachable(
             ORIGIN,
             format!(
-                "map {image}: no answer from monitors {monitors} within mount_timeout={timeout}s \
-                 (gave up after {waited:.1}s): {errno}"
+                "map {image}: the cluster did not answer in time (monitors {monitors}: \
+                 mount_timeout={timeout}s, OSDs: osd_request_timeout={OSD_REQUEST_TIMEOUT_SECS}s); \
+                 gave up after {waited:.1}s: {errno}"
             ),
         ),
         Errno::ECONNREFUSED | Errno::ECONNRESET | Errno::EHOSTUNREACH | Errno::ENETUNREACH => {
@@ -651,7 +678,7 @@ mod tests {
     fn the_minimal_request_has_credentials_and_the_bounded_timeout() {
         assert_eq!(
             request(&spec(credentials())),
-            format!("10.0.0.1 name=admin,secret={KEY},mount_timeout=10 rbd node -")
+            format!("10.0.0.1 name=admin,secret={KEY},mount_timeout=10,osd_request_timeout=30 rbd node -")
         );
     }
 
@@ -666,7 +693,7 @@ mod tests {
         assert_eq!(
             request(&spec),
             format!(
-                "10.0.0.1,10.0.0.2,10.0.0.3 name=admin,secret={KEY},mount_timeout=10,\
+                "10.0.0.1,10.0.0.2,10.0.0.3 name=admin,secret={KEY},mount_timeout=10,osd_request_timeout=30,\
                  _pool_ns=kraken rbd node v1"
             )
         );
@@ -686,70 +713,71 @@ mod tests {
                 .unwrap_or_else(|| panic!("{line}"))
                 .to_string()
         };
-        let cases: Vec<(SetOption, &str)> = vec![
+        let cases: Vec<(SetOption, &str)> =
+            vec![
             (
                 |o| o.fsid = Some("8d2e5a7e-1c2b-4c3d-9e8f-0a1b2c3d4e5f".into()),
-                "fsid=8d2e5a7e-1c2b-4c3d-9e8f-0a1b2c3d4e5f,mount_timeout=10",
+                "fsid=8d2e5a7e-1c2b-4c3d-9e8f-0a1b2c3d4e5f,mount_timeout=10,osd_request_timeout=30",
             ),
             (
                 |o| o.ip = Some("10.0.0.9".into()),
-                "ip=10.0.0.9,mount_timeout=10",
+                "ip=10.0.0.9,mount_timeout=10,osd_request_timeout=30",
             ),
-            (|o| o.share = true, "share,mount_timeout=10"),
-            (|o| o.noshare = true, "noshare,mount_timeout=10"),
-            (|o| o.crc = true, "crc,mount_timeout=10"),
-            (|o| o.nocrc = true, "nocrc,mount_timeout=10"),
+            (|o| o.share = true, "share,mount_timeout=10,osd_request_timeout=30"),
+            (|o| o.noshare = true, "noshare,mount_timeout=10,osd_request_timeout=30"),
+            (|o| o.crc = true, "crc,mount_timeout=10,osd_request_timeout=30"),
+            (|o| o.nocrc = true, "nocrc,mount_timeout=10,osd_request_timeout=30"),
             (
                 |o| o.ceph_requires_signatures = true,
-                "cephx_require_signatures,mount_timeout=10",
+                "cephx_require_signatures,mount_timeout=10,osd_request_timeout=30",
             ),
             (
                 |o| o.noceph_requires_signatures = true,
-                "nocephx_require_signatures,mount_timeout=10",
+                "nocephx_require_signatures,mount_timeout=10,osd_request_timeout=30",
             ),
-            (|o| o.tcp_nodelay = true, "tcp_nodelay,mount_timeout=10"),
-            (|o| o.notcp_nodelay = true, "notcp_nodelay,mount_timeout=10"),
+            (|o| o.tcp_nodelay = true, "tcp_nodelay,mount_timeout=10,osd_request_timeout=30"),
+            (|o| o.notcp_nodelay = true, "notcp_nodelay,mount_timeout=10,osd_request_timeout=30"),
             (
                 |o| o.cephx_sign_messages = true,
-                "cephx_sign_messages,mount_timeout=10",
+                "cephx_sign_messages,mount_timeout=10,osd_request_timeout=30",
             ),
             (
                 |o| o.nocephx_sign_messages = true,
-                "nocephx_sign_messages,mount_timeout=10",
+                "nocephx_sign_messages,mount_timeout=10,osd_request_timeout=30",
             ),
-            (|o| o.mount_timeout = Some(30), "mount_timeout=30"),
+            (|o| o.mount_timeout = Some(30), "mount_timeout=30,osd_request_timeout=30"),
             (
                 |o| o.osdkeepalive = Some(7),
-                "mount_timeout=10,osdkeepalive=7",
+                "mount_timeout=10,osd_request_timeout=30,osdkeepalive=7",
             ),
             (
                 |o| o.osd_idle_ttl = Some(90),
-                "mount_timeout=10,osd_idle_ttl=90",
+                "mount_timeout=10,osd_request_timeout=30,osd_idle_ttl=90",
             ),
-            (|o| o.rw = true, "mount_timeout=10,rw"),
-            (|o| o.ro = true, "mount_timeout=10,ro"),
+            (|o| o.rw = true, "mount_timeout=10,osd_request_timeout=30,rw"),
+            (|o| o.ro = true, "mount_timeout=10,osd_request_timeout=30,ro"),
             (
                 |o| o.queue_depth = Some(64),
-                "mount_timeout=10,queue_depth=64",
+                "mount_timeout=10,osd_request_timeout=30,queue_depth=64",
             ),
-            (|o| o.lock_on_read = true, "mount_timeout=10,lock_on_read"),
-            (|o| o.exclusive = true, "mount_timeout=10,exclusive"),
+            (|o| o.lock_on_read = true, "mount_timeout=10,osd_request_timeout=30,lock_on_read"),
+            (|o| o.exclusive = true, "mount_timeout=10,osd_request_timeout=30,exclusive"),
             (
                 |o| o.lock_timeout = Some(15),
-                "mount_timeout=10,lock_timeout=15",
+                "mount_timeout=10,osd_request_timeout=30,lock_timeout=15",
             ),
-            (|o| o.notrim = true, "mount_timeout=10,notrim"),
-            (|o| o.abort_on_full = true, "mount_timeout=10,abort_on_full"),
+            (|o| o.notrim = true, "mount_timeout=10,osd_request_timeout=30,notrim"),
+            (|o| o.abort_on_full = true, "mount_timeout=10,osd_request_timeout=30,abort_on_full"),
             (
                 |o| o.alloc_size = Some(65536),
-                "mount_timeout=10,alloc_size=65536",
+                "mount_timeout=10,osd_request_timeout=30,alloc_size=65536",
             ),
             (
                 |o| o.namespace = Some("ns1".into()),
-                "mount_timeout=10,_pool_ns=ns1",
+                "mount_timeout=10,osd_request_timeout=30,_pool_ns=ns1",
             ),
             // An unmap option: the map request is unchanged.
-            (|o| o.force = true, "mount_timeout=10"),
+            (|o| o.force = true, "mount_timeout=10,osd_request_timeout=30"),
         ];
         for (set, expected) in cases {
             assert_eq!(options(set), expected);
@@ -785,7 +813,7 @@ mod tests {
             request(&spec(options)),
             format!(
                 "10.0.0.1 name=admin,secret={KEY},fsid=f,ip=10.0.0.9,share,crc,\
-                 cephx_require_signatures,tcp_nodelay,cephx_sign_messages,mount_timeout=5,\
+                 cephx_require_signatures,tcp_nodelay,cephx_sign_messages,mount_timeout=5,osd_request_timeout=30,\
                  osdkeepalive=6,osd_idle_ttl=7,ro,queue_depth=8,lock_on_read,exclusive,\
                  lock_timeout=9,notrim,abort_on_full,alloc_size=4096,_pool_ns=ns rbd node -"
             )
@@ -802,7 +830,7 @@ mod tests {
         };
         assert_eq!(
             request(&spec(options)),
-            format!("10.0.0.1 name=admin,secret={KEY},mount_timeout=10 rbd node -")
+            format!("10.0.0.1 name=admin,secret={KEY},mount_timeout=10,osd_request_timeout=30 rbd node -")
         );
     }
 
