@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,10 @@ const NODE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long an unmap that is not forced waits for others (udev's probes) to close the device.
 const BUSY_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a forced release waits for its unmap before it answers and leaves the unmap to
+/// finish in the kernel.
+const FORCED_UNMAP_WAIT: Duration = Duration::from_secs(5);
 
 /// The kernel reads one sysfs write of at most a page less its terminating NUL.
 const MAX_REQUEST_LEN: usize = 4095;
@@ -205,27 +209,43 @@ impl Driver for Rbd {
     }
 
     fn release(&self, _: &Host, device: RbdDevice, force: bool) -> Result<(), Error> {
-        let request = unmap_request(device.id, force || device.always_force);
-        debug!(device = device.id, %request, "unmapping rbd device");
-        let unmapped = {
-            let _turn = ImageTurn::take(&device.image);
-            unmap_when_closed(&request)
-        };
-        match unmapped {
-            Ok(()) => {}
-            // Already gone (unmapped by hand, or by an earlier attempt that timed out late).
-            Err(SysError {
-                errno: Errno::ENOENT,
-                ..
-            }) => warn!(device = device.id, "rbd device was already unmapped"),
-            Err(err) => return Err(Error::kernel(ORIGIN)(err)),
+        if !force {
+            return unmap(device, false);
         }
-        if device.made_node {
-            if let Err(err) = std::fs::remove_file(&device.device_file) {
-                warn!(node = %device.device_file.display(), error = %err, "cannot remove device node");
+        // A forced unmap from a cluster that has gone waits in the kernel for its OSD
+        // requests to time out, one after another (minutes): it goes on in its own thread,
+        // and the release answers once it is done or after FORCED_UNMAP_WAIT.
+        let id = device.id;
+        let (done, finished) = mpsc::channel();
+        let spawned = thread::Builder::new()
+            .name(format!("rbd-unmap-{id}"))
+            .spawn(move || {
+                let result = unmap(device, true);
+                if let Err(err) = &result {
+                    warn!(device = id, error = %err, "forced unmap failed");
+                }
+                let _ = done.send(result);
+            });
+        if let Err(err) = spawned {
+            return Err(Error::Kernel {
+                origin: ORIGIN,
+                source: SysError {
+                    op: format!("start the unmap of rbd device {id}: {err}"),
+                    errno: Errno::EAGAIN,
+                },
+            });
+        }
+        match finished.recv_timeout(FORCED_UNMAP_WAIT) {
+            Ok(result) => result,
+            Err(_) => {
+                warn!(
+                    device = id,
+                    "forced unmap still waits for the cluster in the kernel: the device goes \
+                     when the kernel's requests time out (osd_request_timeout)"
+                );
+                Ok(())
             }
         }
-        Ok(())
     }
 
     fn provides<'f>(&self, facts: &'f RbdFacts) -> &'f Path {
@@ -390,6 +410,33 @@ fn kernel_options(options: &RbdOptions) -> Vec<String> {
         list.push(format!("_pool_ns={ns}"));
     }
     list
+}
+
+/// Unmaps `device` (`force`: even while open) and removes the node the driver made for it.
+/// Maps of its image wait meanwhile.
+fn unmap(device: RbdDevice, force: bool) -> Result<(), Error> {
+    let request = unmap_request(device.id, force || device.always_force);
+    debug!(device = device.id, %request, "unmapping rbd device");
+    let unmapped = {
+        let _turn = ImageTurn::take(&device.image);
+        unmap_when_closed(&request)
+    };
+    match unmapped {
+        Ok(()) => {}
+        // Already gone (unmapped by hand, or by an earlier attempt that timed out late).
+        Err(SysError {
+            errno: Errno::ENOENT,
+            ..
+        }) => warn!(device = device.id, "rbd device was already unmapped"),
+        Err(err) => return Err(Error::kernel(ORIGIN)(err)),
+    }
+    if device.made_node {
+        if let Err(err) = std::fs::remove_file(&device.device_file) {
+            warn!(node = %device.device_file.display(), error = %err, "cannot remove device node");
+        }
+    }
+    info!(device = device.id, "rbd device unmapped");
+    Ok(())
 }
 
 /// Unmaps, retrying for [`BUSY_WAIT`] while the device is open: udev and blkid open a new
