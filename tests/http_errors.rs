@@ -447,6 +447,16 @@ fn drivers_without_implementation_validate_then_501() {
         assert_error(&resp, 501);
         assert_json_content_type(&resp);
     }
+    // rbd is real, made by the kernel's driver: this host's kernel has none, and the 501 says so.
+    let resp = refuse(
+        &svc,
+        "attach",
+        &rbd(json!(["10.0.0.1"]), "rbd", "image"),
+        501,
+    );
+    let body = assert_nested_failure(&resp, "attach", Some("rbd"));
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("no rbd support"), "{resp}");
 
     let mut bad_ip = rbd(json!(["10.0.0.1"]), "rbd", "image");
     bad_ip["rbd"]["options"]["ip"] = json!("not-an-ip");

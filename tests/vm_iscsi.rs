@@ -281,7 +281,7 @@ fn chap_logs_in_and_its_secret_appears_nowhere() {
     let tid = target.add_target(IMAGES, &[(1, &image)]);
     target.require_chap(tid, "node1", SECRET);
     let svc = Service::start_with(ServiceOptions {
-        trace: true,
+        log_level: Some("TRACE"),
         ..ServiceOptions::default()
     });
     let mut seen = String::new();

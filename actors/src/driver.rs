@@ -513,7 +513,7 @@ impl Kinds {
         Kinds::default()
             .with(crate::attach::local::Local)
             .with(crate::attach::loopback::Loopback)
-            .with(CheckedOnly(crate::attach::rbd::Rbd))
+            .with(crate::attach::rbd::Rbd)
             .with(crate::attach::iscsi::Iscsi)
             .with(crate::mount::attach::AttachFs)
             .with(crate::mount::bind::Bind)

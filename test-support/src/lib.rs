@@ -9,6 +9,7 @@
 //!
 //! Everything is re-exported at the root, so `tests/common` can `pub use test_support::*;`.
 
+pub mod ceph;
 pub mod debian;
 pub mod http;
 pub mod http_server;
@@ -20,6 +21,7 @@ pub mod nfs_server;
 pub mod server;
 pub mod service;
 
+pub use ceph::*;
 pub use debian::*;
 pub use http::*;
 pub use http_server::*;

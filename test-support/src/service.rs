@@ -16,8 +16,8 @@ use crate::{
     wait_for, NotReady, Response, ServerProcess, Transport, BASE, RELEASE_GRACE,
 };
 
-/// Generous: under software emulation (the VM tests), a start that adopts objects has been seen
-/// to take more than 10 s.
+/// Generous: under software emulation (the guest suite), a start that adopts objects has been
+/// seen to take more than 10 s.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -29,8 +29,8 @@ pub struct ServiceOptions {
     /// Start without `--cleanup-on-exit`: a SIGTERM then leaves every object in place for the
     /// next start (see [`Service::restart`]).
     pub keep_objects: bool,
-    /// Log at TRACE rather than DEBUG (for tests that check what the log never shows).
-    pub trace: bool,
+    /// `IMAGEAPI_LOGLEVEL` (a logrus level word); `DEBUG` when `None`.
+    pub log_level: Option<&'static str>,
     /// More flags for every start (e.g. `--uri-cache-limit`).
     pub extra_args: Vec<OsString>,
 }
@@ -79,7 +79,7 @@ impl Service {
             None
         };
         args.extend(options.extra_args.iter().cloned());
-        let log_level = if options.trace { "TRACE" } else { "DEBUG" };
+        let log_level = options.log_level.unwrap_or("DEBUG");
         let process = spawn_service(server, &dir, &args, !options.keep_objects, log_level);
         let mut service = Service {
             tmp: Some(tmp),

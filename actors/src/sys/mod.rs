@@ -11,6 +11,7 @@ pub mod mountinfo;
 pub mod mounts;
 pub(crate) mod poll;
 pub(crate) mod proc;
+pub mod rbd;
 pub(crate) mod signal;
 pub(crate) mod tty;
 
