@@ -440,7 +440,7 @@ impl Kinds {
         Kinds::default()
             .with(crate::attach::local::Local)
             .with(crate::attach::loopback::Loopback)
-            .with(crate::attach::rbd::Rbd)
+            .with(crate::attach::rbd::Rbd::default())
             .with(crate::attach::iscsi::Iscsi)
             .with(crate::mount::attach::AttachFs)
             .with(crate::mount::bind::Bind)

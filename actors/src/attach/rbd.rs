@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,11 @@ const FORCED_UNMAP_WAIT: Duration = Duration::from_secs(5);
 /// The kernel reads one sysfs write of at most a page less its terminating NUL.
 const MAX_REQUEST_LEN: usize = 4095;
 
-pub struct Rbd;
+/// The driver, with the turns its maps and unmaps of one image take (see [`ImageTurns`]).
+#[derive(Default)]
+pub struct Rbd {
+    turns: Arc<ImageTurns>,
+}
 
 /// What the kernel mapped: device `/dev/rbd<id>`, and the image sysfs shows for it (checked
 /// again at adoption).
@@ -121,7 +125,7 @@ impl Driver for Rbd {
         let wanted = wanted_image(spec);
         let started = Instant::now();
         let device_id = {
-            let _turn = ImageTurn::take(&wanted);
+            let _turn = self.turns.take(&wanted);
             let before = devices_showing(&wanted);
             debug!(id, image = %describe_image(spec), "mapping rbd image");
             sysrbd::map(request.bytes()).map_err(|errno| map_error(spec, errno, started))?;
@@ -210,17 +214,18 @@ impl Driver for Rbd {
 
     fn release(&self, _: &Host, device: RbdDevice, force: bool) -> Result<(), Error> {
         if !force {
-            return unmap(device, false);
+            return unmap(&self.turns, device, false);
         }
         // A forced unmap from a cluster that has gone waits in the kernel for its OSD
         // requests to time out, one after another (minutes): it goes on in its own thread,
         // and the release answers once it is done or after FORCED_UNMAP_WAIT.
         let id = device.id;
+        let turns = Arc::clone(&self.turns);
         let (done, finished) = mpsc::channel();
         let spawned = thread::Builder::new()
             .name(format!("rbd-unmap-{id}"))
             .spawn(move || {
-                let result = unmap(device, true);
+                let result = unmap(&turns, device, true);
                 if let Err(err) = &result {
                     warn!(device = id, error = %err, "forced unmap failed");
                 }
@@ -414,11 +419,11 @@ fn kernel_options(options: &RbdOptions) -> Vec<String> {
 
 /// Unmaps `device` (`force`: even while open) and removes the node the driver made for it.
 /// Maps of its image wait meanwhile.
-fn unmap(device: RbdDevice, force: bool) -> Result<(), Error> {
+fn unmap(turns: &Arc<ImageTurns>, device: RbdDevice, force: bool) -> Result<(), Error> {
     let request = unmap_request(device.id, force || device.always_force);
     debug!(device = device.id, %request, "unmapping rbd device");
     let unmapped = {
-        let _turn = ImageTurn::take(&device.image);
+        let _turn = turns.take(&device.image);
         unmap_when_closed(&request)
     };
     match unmapped {
@@ -561,36 +566,45 @@ fn ensure_node(id: u32, node: &Path) -> Result<bool, SysError> {
 /// Maps and unmaps of one image take turns, so that each map finds its own new device; those
 /// of different images run side by side (a map that hangs on its monitors holds up only its
 /// own image here).
+#[derive(Default)]
+struct ImageTurns {
+    busy: Mutex<Vec<MappedImage>>,
+    done: Condvar,
+}
+
+/// One image's turn, until dropped.
 struct ImageTurn {
+    turns: Arc<ImageTurns>,
     key: MappedImage,
 }
 
-static MAPPING: Mutex<Vec<MappedImage>> = Mutex::new(Vec::new());
-static MAPPED: Condvar = Condvar::new();
+impl ImageTurns {
+    fn busy(&self) -> MutexGuard<'_, Vec<MappedImage>> {
+        self.busy
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 
-fn mapping() -> MutexGuard<'static, Vec<MappedImage>> {
-    MAPPING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl ImageTurn {
-    fn take(key: &MappedImage) -> ImageTurn {
-        let mut busy = mapping();
+    fn take(self: &Arc<Self>, key: &MappedImage) -> ImageTurn {
+        let mut busy = self.busy();
         while busy.contains(key) {
-            busy = MAPPED
+            busy = self
+                .done
                 .wait(busy)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         busy.push(key.clone());
-        ImageTurn { key: key.clone() }
+        ImageTurn {
+            turns: Arc::clone(self),
+            key: key.clone(),
+        }
     }
 }
 
 impl Drop for ImageTurn {
     fn drop(&mut self) {
-        mapping().retain(|key| key != &self.key);
-        MAPPED.notify_all();
+        self.turns.busy().retain(|key| key != &self.key);
+        self.turns.done.notify_all();
     }
 }
 
@@ -956,12 +970,13 @@ mod tests {
         let mut other_spec = spec(credentials());
         other_spec.image = "other".into();
         let other = wanted_image(&other_spec);
-        let held = ImageTurn::take(&one);
+        let turns = Arc::new(ImageTurns::default());
+        let held = turns.take(&one);
         // Another image: no wait.
-        drop(ImageTurn::take(&other));
+        drop(turns.take(&other));
         let waiter = thread::spawn(move || {
             let started = Instant::now();
-            drop(ImageTurn::take(&one));
+            drop(turns.take(&one));
             started.elapsed()
         });
         thread::sleep(Duration::from_millis(100));
