@@ -12,8 +12,11 @@ use std::collections::BTreeMap;
 use common::*;
 use serde_json::Value;
 
-/// One sample: metric name and labels (sorted) to value.
-type Samples = BTreeMap<(String, Vec<(String, String)>), f64>;
+/// Label names and values, sorted.
+type Labels = Vec<(String, String)>;
+
+/// One sample: metric name and labels to value.
+type Samples = BTreeMap<(String, Labels), f64>;
 
 fn is_metric_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -67,9 +70,8 @@ fn parse_labels(text: &str, line: &str) -> (Vec<(String, String)>, String) {
 fn parse_exposition(text: &str) -> Samples {
     let mut types: BTreeMap<String, String> = BTreeMap::new();
     let mut samples = Samples::new();
-    let mut lines = text.lines().peekable();
     let mut ended = false;
-    while let Some(line) = lines.next() {
+    for line in text.lines() {
         assert!(!ended, "text after # EOF: {line:?}");
         if line == "# EOF" {
             ended = true;
@@ -151,7 +153,8 @@ fn parse_exposition(text: &str) -> Samples {
 fn check_histograms(types: &BTreeMap<String, String>, samples: &Samples) {
     for (family, _) in types.iter().filter(|(_, kind)| *kind == "histogram") {
         let bucket_name = format!("{family}_bucket");
-        let mut series: BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>> = BTreeMap::new();
+        // The buckets of each series: upper bound and cumulative count.
+        let mut series: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
         for ((name, labels), value) in samples {
             if *name != bucket_name {
                 continue;
