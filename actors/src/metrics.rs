@@ -237,3 +237,74 @@ impl Metrics {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Origin;
+    use crate::mount::uri::UriConfig;
+
+    fn metrics() -> Metrics {
+        Metrics::new(&Kinds::standard(&UriConfig::default()))
+    }
+
+    #[test]
+    fn census_shows_every_known_kind_and_state() {
+        let metrics = metrics();
+        metrics.set_census(
+            [
+                (ObjectKind::Attach, "loopback"),
+                (ObjectKind::Mount, "bind"),
+            ]
+            .into_iter(),
+            [ContainerState::Running, ContainerState::Running].into_iter(),
+        );
+        let text = metrics.encode();
+        for line in [
+            "imageapi_attachments{kind=\"loopback\"} 1",
+            "imageapi_attachments{kind=\"local\"} 0",
+            "imageapi_mounts{kind=\"bind\"} 1",
+            "imageapi_containers{state=\"running\"} 2",
+            "imageapi_containers{state=\"exited\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        // A census replaces the last one.
+        metrics.set_census(std::iter::empty(), std::iter::empty());
+        let text = metrics.encode();
+        assert!(
+            text.contains("imageapi_attachments{kind=\"loopback\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn failures_count_by_origin_and_every_outcome_is_timed() {
+        let metrics = metrics();
+        let origin = Origin::new(ObjectKind::Attach, "loopback");
+        let failed: Result<(), Error> = Err(Error::rejected(origin, "no such file"));
+        metrics.record(
+            ObjectKind::Mount,
+            Operation::Create,
+            Duration::from_millis(3),
+            &failed,
+        );
+        metrics.record(
+            ObjectKind::Mount,
+            Operation::Delete,
+            Duration::from_millis(1),
+            &Ok(()),
+        );
+        metrics.adopted(ObjectKind::Container);
+        let text = metrics.encode();
+        for line in [
+            "imageapi_failures_total{object=\"attach\",stage=\"loopback\"} 1",
+            "imageapi_operation_duration_seconds_count{object=\"mount\",operation=\"create\",outcome=\"error\"} 1",
+            "imageapi_operation_duration_seconds_count{object=\"mount\",operation=\"delete\",outcome=\"ok\"} 1",
+            "imageapi_adopted_total{object=\"container\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -47,3 +47,29 @@ pub async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpResponse, Api
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody;
+    use actix_web::ResponseError;
+
+    use super::*;
+
+    #[actix_web::test]
+    async fn readyz_is_503_with_an_error_body_until_ready() {
+        let readiness = Readiness::default();
+        let error = readyz(web::Data::new(readiness.clone()))
+            .await
+            .expect_err("not ready yet");
+        let response = error.error_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = response.into_body().try_into_bytes().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], 503);
+        assert!(body["message"].is_string(), "{body}");
+
+        readiness.set_ready();
+        let ready = readyz(web::Data::new(readiness)).await.expect("ready");
+        assert_eq!(ready.status(), StatusCode::OK);
+    }
+}
