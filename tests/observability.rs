@@ -344,3 +344,52 @@ fn json_logs_are_one_object_a_line_with_the_object_id() {
     );
     assert_no_leaks(svc.dir());
 }
+
+#[test]
+fn container_states_and_start_stop_times_show_in_the_metrics() {
+    let mut svc = Service::start();
+    let mount = overlay(vec![squashfs_mount(&busybox_image(&svc, "metrics"))]);
+    svc.create(
+        "container",
+        &serde_json::json!({
+            "name": "sleeper",
+            "command": "/bin/busybox sleep 1000",
+            "mount": mount,
+            "state": "created",
+        }),
+    );
+    assert_eq!(
+        value(
+            &scrape(&svc),
+            "imageapi_containers",
+            &[("state", "created")]
+        ),
+        1.0
+    );
+    let started = svc.request("PATCH", "/container?name=sleeper&state=running", None);
+    assert_eq!(started.status, 200, "{started}");
+    let running = scrape(&svc);
+    assert_eq!(
+        value(&running, "imageapi_containers", &[("state", "running")]),
+        1.0
+    );
+    assert_eq!(operations(&running, "container", "start", "ok"), 1.0);
+    let stopped = svc.request("PATCH", "/container?name=sleeper&state=exited", None);
+    assert_eq!(stopped.status, 200, "{stopped}");
+    let exited = wait_for(std::time::Duration::from_secs(10), || {
+        value(&scrape(&svc), "imageapi_containers", &[("state", "exited")]) == 1.0
+    });
+    assert!(exited, "the container never counted as exited");
+    assert_eq!(operations(&scrape(&svc), "container", "stop", "ok"), 1.0);
+    let deleted = svc.delete("/container?name=sleeper");
+    assert_eq!(deleted.status, 200, "{deleted}");
+    let after = scrape(&svc);
+    assert_eq!(operations(&after, "container", "delete", "ok"), 1.0);
+    assert_eq!(
+        value(&after, "imageapi_mounts", &[("kind", "overlay")]),
+        0.0
+    );
+    svc.assert_empty();
+    svc.stop_ok();
+    assert_no_leaks(svc.dir());
+}
