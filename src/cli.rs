@@ -17,6 +17,16 @@ pub enum Scheme {
     Unix,
 }
 
+/// How log lines are written (to standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event, fields as `key=value`.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (with `message` and
+    /// the event's fields, `id` among them for object lines) and `span`s.
+    Json,
+}
+
 /// ImageAPI: attach images, mount them, overlay them and run system containers, over REST.
 #[derive(Debug, Parser)]
 #[command(name = "imageapi-server", version)]
@@ -149,6 +159,10 @@ pub struct Options {
     /// CA certificates (PEM) that https downloads trust instead of the system's roots.
     #[arg(long, value_name = "FILE")]
     pub uri_ca: Option<PathBuf>,
+
+    /// Format of the log lines on standard error (the level is IMAGEAPI_LOGLEVEL or RUST_LOG).
+    #[arg(long, env = "IMAGEAPI_LOGFORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// The limits of one listener, from the flags.
@@ -382,6 +396,7 @@ mod tests {
         assert_eq!(http.listen_limit, None);
         assert_eq!(options.graceful_timeout, Duration::from_secs(15));
         assert_eq!(options.socket_mode, 0o600);
+        assert_eq!(options.log_format, LogFormat::Text);
         let uri = options.uri();
         assert_eq!(uri.cache_dir, PathBuf::from("/var/lib/imageapi/uri-cache"));
         assert_eq!(uri.cache_limit, 10 << 30);

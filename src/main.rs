@@ -10,7 +10,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use imageapi::cli::Options;
+use imageapi::api::Readiness;
+use imageapi::cli::{LogFormat, Options};
 use imageapi::server;
 
 /// Maps the reference's IMAGEAPI_LOGLEVEL words (logrus levels) to a tracing filter.
@@ -38,11 +39,13 @@ fn main() -> anyhow::Result<()> {
     // rustls needs its crypto provider chosen before any TLS configuration is built.
     server::tls::install_crypto_provider();
     let options = Options::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(log_filter())
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match options.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     // Listeners first, while the process has one thread: a wrong flag, a busy port or a bad
     // certificate stops the service before it touches the host.
     let bound = server::bind(&options)?;
@@ -61,13 +64,16 @@ async fn serve(options: Options, bound: server::Bound) -> anyhow::Result<()> {
     })
     .await
     .context("starting the engine")?;
-    let servers = match server::start(bound, &engine) {
+    let readiness = Readiness::default();
+    let servers = match server::start(bound, &engine, &readiness) {
         Ok(servers) => servers,
         Err(err) => {
             engine.shutdown().await;
             return Err(err);
         }
     };
+    // The engine's start did the restore, and every listener is up.
+    readiness.set_ready();
     info!(schemes = ?options.unique_schemes(), "serving");
 
     let signal = signals.next().await;

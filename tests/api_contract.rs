@@ -15,7 +15,7 @@ use actors::model::wire::{
     MountUri, Namespace, RbdOptions, Secret, UriFormat,
 };
 use imageapi::api::error::ApiError;
-use imageapi::api::ROUTES;
+use imageapi::api::{ROOT_ROUTES, ROUTES};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -1289,6 +1289,53 @@ fn paths_and_methods_equal_the_route_table() {
         "swagger.yaml",
         &actual,
         "the service's routes (imageapi::api::ROUTES)",
+        &served,
+    );
+}
+
+/// The probes and metrics live outside basePath: swagger.yaml lists them under
+/// `x-imageapi-root-paths`, each an extension operation with an error default.
+#[test]
+fn root_paths_equal_the_root_route_table() {
+    let spec = spec();
+    let paths = spec["x-imageapi-root-paths"]
+        .as_object()
+        .expect("x-imageapi-root-paths");
+    let mut documented = BTreeSet::new();
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            assert!(
+                HTTP_METHODS.contains(&method.as_str()),
+                "{path}: unexpected key {method}"
+            );
+            let what = format!("{} {path}", method.to_uppercase());
+            assert_eq!(
+                operation["x-imageapi-extension"],
+                json!(true),
+                "{what}: extension mark"
+            );
+            assert_eq!(operation["tags"], json!(["operations"]), "{what}: tags");
+            assert!(
+                operation["responses"]["200"]["description"].is_string(),
+                "{what}: no 200"
+            );
+            assert_eq!(
+                operation["responses"]["default"]["$ref"],
+                json!("#/responses/Error"),
+                "{what}: default response"
+            );
+            documented.insert(what);
+        }
+    }
+    let served: BTreeSet<String> = ROOT_ROUTES
+        .iter()
+        .map(|(method, path)| format!("{method} {path}"))
+        .collect();
+    assert_same_names(
+        "root operations",
+        "swagger.yaml",
+        &documented,
+        "imageapi::api::ROOT_ROUTES",
         &served,
     );
 }

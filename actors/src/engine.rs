@@ -1,7 +1,9 @@
 //! The engine's front door: what the HTTP layer (or any other front end) calls.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use tracing::{info, warn};
@@ -13,10 +15,11 @@ use futures::FutureExt;
 use crate::blocking::{mailbox_gone, off_event_loop};
 use crate::container::Runtime;
 use crate::driver::{Host, Kinds};
+use crate::metrics::{Metrics, Operation};
 use crate::model::wire::{Attach, AttachKind, Container, ContainerState, Id, Mount, MountKind};
 pub use crate::registry::actor::Selector;
 use crate::registry::actor::{
-    Abort, Begin, Commit, Delete, Initial, List, Registry, SetState, Shutdown,
+    Abort, Begin, Census, Commit, Delete, Initial, List, Registry, SetState, Shutdown,
 };
 use crate::registry::build::{Built, Transaction};
 use crate::registry::graph::Graph;
@@ -72,6 +75,7 @@ pub struct Engine {
     kinds: Arc<Kinds>,
     /// What the engine's containers share: cgroups, reaper, launcher.
     runtime: Arc<Runtime>,
+    metrics: Metrics,
 }
 
 impl Engine {
@@ -85,6 +89,7 @@ impl Engine {
 
     /// [`Engine::start`] with the drivers of `kinds` (tests give fakes).
     pub async fn start_with(mut config: EngineConfig, kinds: Kinds) -> Result<Engine, StartError> {
+        let metrics = Metrics::new(&kinds);
         let kinds = Arc::new(kinds);
         let prepared = off_event_loop(move || -> Result<_, StartError> {
             for dir in [&mut config.mount_dir, &mut config.log_dir] {
@@ -141,8 +146,13 @@ impl Engine {
                 adopted: Default::default(),
             },
         };
+        for id in checked.adopted.keys() {
+            if let Some(node) = checked.graph.get_any(*id) {
+                metrics.adopted(node.kind);
+            }
+        }
         let arbiter = Arbiter::new().handle();
-        let (actors_host, adopting) = (host.clone(), runtime.clone());
+        let (actors_host, adopting, counting) = (host.clone(), runtime.clone(), metrics.clone());
         let registry = Registry::start_in_arbiter(&arbiter, move |ctx: &mut Context<Registry>| {
             let actors = restore::start_actors(
                 &mut checked,
@@ -155,7 +165,7 @@ impl Engine {
                 graph: checked.graph,
                 actors,
             };
-            Registry::new(initial, store)
+            Registry::new(initial, store, counting)
         });
         info!(
             mount_dir = %config.mount_dir.display(),
@@ -170,7 +180,28 @@ impl Engine {
             host,
             kinds,
             runtime,
+            metrics,
         })
+    }
+
+    /// Runs `work`, recording its time and, when it fails in a driver, the failing stage.
+    async fn timed<T>(
+        &self,
+        object: ObjectKind,
+        operation: Operation,
+        work: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let started = Instant::now();
+        let outcome = work.await;
+        self.metrics
+            .record(object, operation, started.elapsed(), &outcome);
+        outcome
+    }
+
+    /// The engine's metrics in the Prometheus text format, with the object counts of now.
+    pub async fn metrics_text(&self) -> Result<String, Error> {
+        self.registry.send(Census).await.map_err(mailbox_gone)?;
+        Ok(self.metrics.encode())
     }
 
     /// Runs a create as a task on the engine's arbiter, so that a client that goes away
@@ -218,33 +249,42 @@ impl Engine {
     }
 
     pub async fn create_attach(&self, attach: Attach) -> Result<Attach, Error> {
-        let def = spec::attach_def(&self.kinds, "", &attach)?;
-        match self
-            .create(move |t| t.child(spec::Child::New(Box::new(def))))
-            .await?
-        {
-            View::Attach(attach) => Ok(attach),
-            _ => unreachable!("an attach create answers an attach"),
-        }
+        self.timed(ObjectKind::Attach, Operation::Create, async move {
+            let def = spec::attach_def(&self.kinds, "", &attach)?;
+            match self
+                .create(move |t| t.child(spec::Child::New(Box::new(def))))
+                .await?
+            {
+                View::Attach(attach) => Ok(attach),
+                _ => unreachable!("an attach create answers an attach"),
+            }
+        })
+        .await
     }
 
     pub async fn create_mount(&self, mount: Mount) -> Result<Mount, Error> {
-        let def = spec::mount_def(&self.kinds, "", &mount)?;
-        match self
-            .create(move |t| t.child(spec::Child::New(Box::new(def))))
-            .await?
-        {
-            View::Mount(mount) => Ok(mount),
-            _ => unreachable!("a mount create answers a mount"),
-        }
+        self.timed(ObjectKind::Mount, Operation::Create, async move {
+            let def = spec::mount_def(&self.kinds, "", &mount)?;
+            match self
+                .create(move |t| t.child(spec::Child::New(Box::new(def))))
+                .await?
+            {
+                View::Mount(mount) => Ok(mount),
+                _ => unreachable!("a mount create answers a mount"),
+            }
+        })
+        .await
     }
 
     pub async fn create_container(&self, container: Container) -> Result<Container, Error> {
-        let def = spec::container_def(&self.kinds, &container)?;
-        match self.create(move |t| t.container(def).boxed()).await? {
-            View::Container(container) => Ok(container),
-            _ => unreachable!("a container create answers a container"),
-        }
+        self.timed(ObjectKind::Container, Operation::Create, async move {
+            let def = spec::container_def(&self.kinds, &container)?;
+            match self.create(move |t| t.container(def).boxed()).await? {
+                View::Container(container) => Ok(container),
+                _ => unreachable!("a container create answers a container"),
+            }
+        })
+        .await
     }
 
     async fn list(&self, kind: ObjectKind, selector: Option<Selector>) -> Result<Vec<View>, Error> {
@@ -319,15 +359,24 @@ impl Engine {
         selector: Selector,
         state: ContainerState,
     ) -> Result<Container, Error> {
-        match self
-            .registry
-            .send(SetState { selector, state })
-            .await
-            .map_err(mailbox_gone)??
-        {
-            View::Container(container) => Ok(container),
-            _ => unreachable!("the registry checks the kind"),
-        }
+        // A resume is a start of a paused container: it is timed as one.
+        let operation = match state {
+            ContainerState::Running => Operation::Start,
+            ContainerState::Paused => Operation::Pause,
+            _ => Operation::Stop,
+        };
+        self.timed(ObjectKind::Container, operation, async move {
+            match self
+                .registry
+                .send(SetState { selector, state })
+                .await
+                .map_err(mailbox_gone)??
+            {
+                View::Container(container) => Ok(container),
+                _ => unreachable!("the registry checks the kind"),
+            }
+        })
+        .await
     }
 
     async fn delete(
@@ -336,14 +385,15 @@ impl Engine {
         selector: Selector,
         force: bool,
     ) -> Result<View, Error> {
-        self.registry
-            .send(Delete {
-                kind,
-                selector,
-                force,
-            })
-            .await
-            .map_err(mailbox_gone)?
+        let deleted = self.registry.send(Delete {
+            kind,
+            selector,
+            force,
+        });
+        self.timed(kind, Operation::Delete, async move {
+            deleted.await.map_err(mailbox_gone)?
+        })
+        .await
     }
 
     pub async fn delete_attach(&self, id: Id, force: bool) -> Result<Attach, Error> {

@@ -9,6 +9,7 @@ pub mod container;
 pub mod driver;
 mod engine;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod mount;
 pub mod object;
@@ -21,3 +22,4 @@ pub mod sys;
 
 pub use engine::{Engine, EngineConfig, Selector, StartError};
 pub use error::{Error, Origin};
+pub use metrics::Metrics;

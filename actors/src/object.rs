@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn};
 
 use crate::blocking::{blocking, mailbox_gone};
 use crate::container::actor::ContainerActor;
@@ -55,7 +55,11 @@ impl<D: Driver> Handler<Create<D>> for ObjectActor<D> {
 
     fn handle(&mut self, msg: Create<D>, _ctx: &mut Self::Context) -> Self::Result {
         let (kind, host, id) = (self.kind.clone(), self.host.clone(), self.id);
-        let made = blocking(move || kind.0.create(&host, id, &msg.spec, &msg.deps));
+        let made = blocking(move || {
+            // The driver's own lines carry the object's id through this span.
+            let _object = info_span!("object", id, kind = kind_name::<D>()).entered();
+            kind.0.create(&host, id, &msg.spec, &msg.deps)
+        });
         AtomicResponse::new(Box::pin(made.into_actor(self).map(
             |made, actor, ctx| match made {
                 Ok((resource, facts)) => {
@@ -140,7 +144,11 @@ impl<D: Driver> Handler<Release> for ObjectActor<D> {
         let release = async move {
             match resource {
                 Some(resource) => {
-                    blocking(move || kind.0.release(&host, resource, msg.force)).await
+                    blocking(move || {
+                        let _object = info_span!("object", id, kind = kind_name::<D>()).entered();
+                        kind.0.release(&host, resource, msg.force)
+                    })
+                    .await
                 }
                 None => Ok(()),
             }

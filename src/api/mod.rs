@@ -4,6 +4,7 @@ mod attach;
 mod container;
 pub mod error;
 mod extract;
+mod health;
 mod mount;
 mod spec;
 
@@ -11,6 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 
 use error::ApiError;
+pub use health::Readiness;
 
 /// Where the contract's paths live.
 pub const BASE_PATH: &str = "/imageapi/v1";
@@ -32,7 +34,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/swagger.yaml"),
 ];
 
-/// Registers the API on an actix-web app; the engine is expected as app data.
+/// The routes outside [`BASE_PATH`] that swagger.yaml describes (under its
+/// `x-imageapi-root-paths`, Swagger 2.0 having no paths outside `basePath`): probes and metrics.
+/// The root `/swagger.json` is the same document as under the base path and is not listed.
+pub const ROOT_ROUTES: &[(&str, &str)] =
+    &[("GET", "/metrics"), ("GET", "/healthz"), ("GET", "/readyz")];
+
+/// Registers the API on an actix-web app; the engine and the [`Readiness`] are expected as app
+/// data.
 pub fn configure(config: &mut web::ServiceConfig) {
     config
         .service(
@@ -74,6 +83,21 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(
             web::resource("/swagger.json")
                 .get(spec::json)
+                .default_service(web::to(|| not_allowed("GET"))),
+        )
+        .service(
+            web::resource("/metrics")
+                .get(health::metrics)
+                .default_service(web::to(|| not_allowed("GET"))),
+        )
+        .service(
+            web::resource("/healthz")
+                .get(health::healthz)
+                .default_service(web::to(|| not_allowed("GET"))),
+        )
+        .service(
+            web::resource("/readyz")
+                .get(health::readyz)
                 .default_service(web::to(|| not_allowed("GET"))),
         )
         .default_service(web::to(not_found));

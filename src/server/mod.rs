@@ -90,11 +90,13 @@ pub struct Servers {
 
 fn serve_one(
     engine: &Engine,
+    readiness: &api::Readiness,
     socket: Socket,
     limits: Limits,
     graceful_timeout: Duration,
 ) -> anyhow::Result<actix_web::dev::Server> {
     let app_engine = engine.clone();
+    let app_readiness = readiness.clone();
     let keep_alive = match limits.idle_timeout {
         Some(idle) => KeepAlive::Timeout(idle),
         None => KeepAlive::Disabled,
@@ -105,6 +107,7 @@ fn serve_one(
                 crate::server::limits::guard(limits, request, next)
             }))
             .app_data(web::Data::new(app_engine.clone()))
+            .app_data(web::Data::new(app_readiness.clone()))
             .configure(api::configure)
     })
     .disable_signals()
@@ -139,8 +142,8 @@ fn serve_one(
     Ok(server.run())
 }
 
-/// Serves every bound listener with `engine`.
-pub fn start(bound: Bound, engine: &Engine) -> anyhow::Result<Servers> {
+/// Serves every bound listener with `engine`; their `/readyz` answers from `readiness`.
+pub fn start(bound: Bound, engine: &Engine, readiness: &api::Readiness) -> anyhow::Result<Servers> {
     let mut servers = Servers {
         handles: Vec::new(),
         tasks: Vec::new(),
@@ -160,7 +163,7 @@ pub fn start(bound: Bound, engine: &Engine) -> anyhow::Result<Servers> {
                 .map(|file| file.path().display().to_string())
                 .unwrap_or_default(),
         };
-        let server = serve_one(engine, socket, limits, bound.graceful_timeout)
+        let server = serve_one(engine, readiness, socket, limits, bound.graceful_timeout)
             .with_context(|| format!("serving {scheme:?} on {addresses}"))?;
         servers.handles.push((scheme, server.handle()));
         servers.tasks.push(actix_web::rt::spawn(server));

@@ -19,6 +19,7 @@ use super::record::{self, InitFacts, Record, View};
 use crate::blocking::off_event_loop;
 use crate::container::actor::{ChangeState, LeaveRunning, Retire, StateChanged};
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::model::wire::{ContainerState, Id};
 use crate::object::ObjectAddr;
 use crate::store::{self, Plan, Store};
@@ -48,13 +49,15 @@ pub struct Registry {
     store: Option<Arc<Store>>,
     writes: Option<mpsc::UnboundedSender<StoreWaiter>>,
     shutting_down: bool,
+    /// Where the object counts go at each [`Census`].
+    metrics: Metrics,
 }
 
 /// A store write in flight: resolves once the change is on disk (at once without a store).
 pub type Persisted = futures::future::BoxFuture<'static, Result<(), Error>>;
 
 impl Registry {
-    pub fn new(initial: Initial, store: Option<Arc<Store>>) -> Self {
+    pub fn new(initial: Initial, store: Option<Arc<Store>>, metrics: Metrics) -> Self {
         Registry {
             graph: initial.graph,
             instance: initial.instance,
@@ -64,6 +67,7 @@ impl Registry {
             store,
             writes: None,
             shutting_down: false,
+            metrics,
         }
     }
 
@@ -421,6 +425,27 @@ impl Handler<List> for Registry {
                 .filter_map(|node| record::view(&self.graph, node.id))
                 .collect()),
         }
+    }
+}
+
+/// Counts the visible objects into the metrics' gauges (counted when asked rather than kept
+/// up to date at every change, so the gauges cannot drift from the graph).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Census;
+
+impl Handler<Census> for Registry {
+    type Result = ();
+    fn handle(&mut self, _: Census, _: &mut Self::Context) {
+        let objects = self.graph.iter().filter_map(|node| {
+            let object = node.record.object()?;
+            Some((node.kind, object.kind.name()))
+        });
+        let containers = self.graph.iter().filter_map(|node| match &node.record {
+            Record::Container(container) => Some(container.state),
+            _ => None,
+        });
+        self.metrics.set_census(objects, containers);
     }
 }
 
