@@ -353,7 +353,21 @@ fn concurrent_starts_launch_one_init() {
         assert_eq!(answer.status, 200, "{answer}");
         assert_eq!(answer.json()["state"], "running", "{answer}");
     }
-    let log = std::fs::read_to_string(str_of(&created, "/logfile")).unwrap();
+    // The service's lifecycle lines reach the log file through its writer, soon after the
+    // answers: wait for the first, then give a second one time to show.
+    let logfile = str_of(&created, "/logfile").to_string();
+    let starts = || {
+        std::fs::read_to_string(&logfile)
+            .unwrap_or_default()
+            .matches(": started ")
+            .count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || starts() > 0),
+        "no start in the log"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let log = std::fs::read_to_string(&logfile).unwrap();
     assert_eq!(log.matches(": started ").count(), 1, "one init: {log}");
     let deleted = svc.delete("/container?name=racer&force=true");
     assert_eq!(deleted.status, 200, "{deleted}");
