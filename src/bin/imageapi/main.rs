@@ -333,11 +333,13 @@ impl Api {
     }
 
     /// The container that `container` names (an id when it is a number), if it exists.
+    /// The service answers 404 for a name or id it does not know.
     fn find_container(&self, container: &str) -> Outcome<Option<Value>> {
-        Ok(self
-            .list(&format!("/container?{}", container_query(container)))?
-            .into_iter()
-            .next())
+        match self.list(&format!("/container?{}", container_query(container))) {
+            Ok(found) => Ok(found.into_iter().next()),
+            Err(Failure::Refused { status: 404, .. }) => Ok(None),
+            Err(other) => Err(other),
+        }
     }
 
     fn container(&self, container: &str) -> Outcome<Value> {
