@@ -5,6 +5,7 @@
 
 mod apply;
 mod output;
+mod progress;
 mod transport;
 mod watch;
 
@@ -289,12 +290,17 @@ impl Api {
         } else {
             &[("Accept", "application/json")]
         };
-        let response = self
-            .endpoint
-            .send(method, &format!("{BASE}{path}"), headers, bytes.as_deref())
-            .map_err(|e| self.unreachable(e))?;
-        let status = response.status;
-        let bytes = response.read_body().map_err(|e| self.unreachable(e))?;
+        let exchange = || {
+            self.endpoint
+                .send(method, &format!("{BASE}{path}"), headers, bytes.as_deref())
+                .and_then(|response| Ok((response.status, response.read_body()?)))
+        };
+        let (status, bytes) = if method == "GET" {
+            exchange()
+        } else {
+            progress::during(&format!("{method} {path}"), exchange)
+        }
+        .map_err(|e| self.unreachable(e))?;
         let value: Value = if bytes.is_empty() {
             Value::Null
         } else {
@@ -432,66 +438,43 @@ fn run(cli: Cli) -> Outcome {
 
 fn object_command(api: &Api, object: &str, command: ObjectCommand, format: Format) -> Outcome {
     let shown = match command {
-        ObjectCommand::Ls => {
-            let items = api.list(&format!("/{object}"))?;
-            return Ok(output::print_objects(object, &items, format));
+        ObjectCommand::Ls => api.list(&format!("/{object}"))?,
+        // The service answers 404 for an id it does not hold.
+        ObjectCommand::Get { id } => api.list(&format!("/{object}?id={id}"))?,
+        ObjectCommand::Create(file) => {
+            let body = read_definition(&file)?;
+            vec![api.call("POST", &format!("/{object}"), Some(&body))?]
         }
-        ObjectCommand::Get { id } => {
-            let found = api.list(&format!("/{object}?id={id}"))?;
-            found.into_iter().next().ok_or_else(|| Failure::Refused {
-                status: 404,
-                body: serde_json::json!({"code": 404, "message": format!("no {object} {id}"), "object": object}),
-            })?
+        ObjectCommand::Rm { force, id } => {
+            let force = if force { "&force=true" } else { "" };
+            vec![api.call("DELETE", &format!("/{object}?id={id}{force}"), None)?]
         }
-        ObjectCommand::Create(file) => api.call(
-            "POST",
-            &format!("/{object}"),
-            Some(&read_definition(&file)?),
-        )?,
-        ObjectCommand::Rm { force, id } => api.call(
-            "DELETE",
-            &format!(
-                "/{object}?id={id}{}",
-                if force { "&force=true" } else { "" }
-            ),
-            None,
-        )?,
     };
-    output::print_objects(object, &[shown], format);
+    output::print_objects(object, &shown, format);
     Ok(())
 }
 
 fn container_command(api: &Api, command: ContainerCommand, format: Format) -> Outcome {
     let patch = |container: &str, state: &str| {
-        api.call(
-            "PATCH",
-            &format!("/container?{}&state={state}", container_query(container)),
-            None,
-        )
+        let path = format!("/container?{}&state={state}", container_query(container));
+        api.call("PATCH", &path, None)
     };
     let shown = match command {
-        ContainerCommand::Ls => {
-            let items = api.list("/container")?;
-            return Ok(output::print_objects("container", &items, format));
-        }
-        ContainerCommand::Get { container } => api.container(&container)?,
+        ContainerCommand::Ls => api.list("/container")?,
+        ContainerCommand::Get { container } => vec![api.container(&container)?],
         ContainerCommand::Create(file) => {
-            api.call("POST", "/container", Some(&read_definition(&file)?))?
+            vec![api.call("POST", "/container", Some(&read_definition(&file)?))?]
         }
-        ContainerCommand::Rm { force, container } => api.call(
-            "DELETE",
-            &format!(
-                "/container?{}{}",
-                container_query(&container),
-                if force { "&force=true" } else { "" }
-            ),
-            None,
-        )?,
-        ContainerCommand::Start { container } => patch(&container, "running")?,
-        ContainerCommand::Stop { container } => patch(&container, "exited")?,
-        ContainerCommand::Pause { container } => patch(&container, "paused")?,
+        ContainerCommand::Rm { force, container } => {
+            let force = if force { "&force=true" } else { "" };
+            let path = format!("/container?{}{force}", container_query(&container));
+            vec![api.call("DELETE", &path, None)?]
+        }
+        ContainerCommand::Start { container } => vec![patch(&container, "running")?],
+        ContainerCommand::Stop { container } => vec![patch(&container, "exited")?],
+        ContainerCommand::Pause { container } => vec![patch(&container, "paused")?],
     };
-    output::print_objects("container", &[shown], format);
+    output::print_objects("container", &shown, format);
     Ok(())
 }
 

@@ -2,13 +2,14 @@
 //! show on a terminal.
 
 use std::fs::File;
-use std::io::{self, BufRead, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::output::Format;
+use crate::progress::Spinner;
 use crate::{Api, Failure, Outcome};
 
 /// How often `wait` lists the container and `logs -f` looks for more output.
@@ -16,49 +17,6 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// How often `logs -f` checks that the container still exists.
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
-
-/// A progress line on stderr, drawn only when stderr is a terminal.
-struct Spinner {
-    what: String,
-    started: Instant,
-    frame: usize,
-    shown: bool,
-}
-
-impl Spinner {
-    const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
-
-    fn new(what: String) -> Spinner {
-        Spinner {
-            what,
-            started: Instant::now(),
-            frame: 0,
-            shown: io::stderr().is_terminal(),
-        }
-    }
-
-    fn tick(&mut self, detail: &str) {
-        if !self.shown {
-            return;
-        }
-        self.frame = (self.frame + 1) % Self::FRAMES.len();
-        eprint!(
-            "\r\x1b[2K{} {} ({detail}, {}s)",
-            Self::FRAMES[self.frame],
-            self.what,
-            self.started.elapsed().as_secs()
-        );
-        let _ = io::stderr().flush();
-    }
-}
-
-impl Drop for Spinner {
-    fn drop(&mut self) {
-        if self.shown {
-            eprint!("\r\x1b[2K");
-        }
-    }
-}
 
 /// Lists the container every [`POLL`] until it is in `state`; it may not exist yet.
 pub fn wait(api: &Api, container: &str, state: &str, timeout: Duration) -> Outcome<Value> {
@@ -90,10 +48,9 @@ pub fn wait(api: &Api, container: &str, state: &str, timeout: Duration) -> Outco
 pub fn logs(api: &Api, container: &str, follow: bool) -> Outcome {
     let found = api.container(container)?;
     let Some(path) = found.get("logfile").and_then(Value::as_str) else {
-        return Err(Failure::Refused {
-            status: 200,
-            body: serde_json::json!({"message": format!("container {container} has no logfile")}),
-        });
+        return Err(Failure::Local(format!(
+            "container {container} has no logfile"
+        )));
     };
     let local = |e: io::Error| Failure::Local(format!("{path}: {e}"));
     let mut file = File::open(path).map_err(local)?;
