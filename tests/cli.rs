@@ -3,6 +3,8 @@
 //! exit codes scripts rely on.
 
 mod common;
+#[path = "contract/harness.rs"]
+mod harness;
 
 use std::io::Read;
 use std::path::Path;
@@ -302,4 +304,72 @@ fn completions_and_man_pages_are_generated() {
         "{page}"
     );
     assert!(man.join("imageapi-container.1").exists());
+}
+
+#[test]
+fn https_with_client_certificates_uses_the_servers_tls_flags() {
+    let ca = harness::Authority::new("imageapi cli test CA");
+    let other_ca = harness::Authority::new("someone else's CA");
+    let port = harness::free_port();
+    let server = harness::Server::start_prepared(
+        |dir| {
+            let (certificate, key) = ca.server().write(dir, "server");
+            let ca_file = dir.join("ca.crt");
+            std::fs::write(&ca_file, &ca.pem.certificate).unwrap();
+            let mut args = harness::os_args(&["--scheme", "https", "--tls-host", "127.0.0.1"]);
+            args.extend([
+                "--tls-port".into(),
+                port.to_string().into(),
+                "--tls-certificate".into(),
+                certificate.into(),
+                "--tls-key".into(),
+                key.into(),
+                "--tls-ca".into(),
+                ca_file.into(),
+            ]);
+            args
+        },
+        &[],
+    );
+    let dir = server.dir();
+    let (client_cert, client_key) = ca.client("cli").write(dir, "cli");
+    let other_ca_file = dir.join("other-ca.crt");
+    std::fs::write(&other_ca_file, &other_ca.pem.certificate).unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let run = |ca_file: &Path, client: bool| {
+        let mut command = Command::new(CLI);
+        command.args(["--url", &url, "--ca"]).arg(ca_file);
+        if client {
+            command
+                .arg("--cert")
+                .arg(&client_cert)
+                .arg("--key")
+                .arg(&client_key);
+        }
+        command
+            .args(["attach", "ls", "-o", "json"])
+            .output()
+            .unwrap()
+    };
+    let served = run(&dir.join("ca.crt"), true);
+    assert!(served.status.success(), "{}", stderr(&served));
+    assert_eq!(stdout(&served).trim(), "[]");
+    let anonymous = run(&dir.join("ca.crt"), false);
+    assert_eq!(anonymous.status.code(), Some(3), "{}", stderr(&anonymous));
+    let distrusted = run(&other_ca_file, true);
+    assert_eq!(distrusted.status.code(), Some(3), "{}", stderr(&distrusted));
+    assert!(
+        stderr(&distrusted).contains(&url[8..]),
+        "{}",
+        stderr(&distrusted)
+    );
+    // A key without its certificate is a usage error.
+    let half = Command::new(CLI)
+        .args(["--url", &url, "--key"])
+        .arg(&client_key)
+        .args(["attach", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(half.status.code(), Some(2), "{}", stderr(&half));
+    drop(server);
 }
