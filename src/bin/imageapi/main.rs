@@ -341,7 +341,16 @@ impl Api {
     /// The container that `container` names (an id when it is a number), if it exists.
     /// The service answers 404 for a name or id it does not know.
     fn find_container(&self, container: &str) -> Outcome<Option<Value>> {
-        match self.list(&format!("/container?{}", container_query(container))) {
+        self.find_container_where(container, "")
+    }
+
+    /// [`Api::find_container`] with more query parameters (`a=b&c=d`, may be empty).
+    fn find_container_where(&self, container: &str, query: &str) -> Outcome<Option<Value>> {
+        let mut path = format!("/container?{}", container_query(container));
+        if !query.is_empty() {
+            path = format!("{path}&{query}");
+        }
+        match self.list(&path) {
             Ok(found) => Ok(found.into_iter().next()),
             Err(Failure::Refused { status: 404, .. }) => Ok(None),
             Err(other) => Err(other),

@@ -15,31 +15,51 @@ use crate::{Api, Failure, Outcome};
 /// How often `wait` lists the container and `logs -f` looks for more output.
 const POLL: Duration = Duration::from_millis(200);
 
+/// How long one `wait` request may be held by a service with the long poll; short, so that
+/// the spinner moves and `--timeout` is kept.
+const LONG_POLL: Duration = Duration::from_secs(1);
+
 /// How often `logs -f` checks that the container still exists.
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
-/// Lists the container every [`POLL`] until it is in `state`; it may not exist yet.
+/// Lists the container until it is in `state`; it may not exist yet. Each list asks the
+/// service to hold the answer up to [`LONG_POLL`] until the state is reached (`wait=`, the
+/// long-poll extension); a service without it answers at once, and the next list follows after
+/// [`POLL`].
 pub fn wait(api: &Api, container: &str, state: &str, timeout: Duration) -> Outcome<Value> {
     let deadline = Instant::now() + timeout;
     let mut spinner = Spinner::new(format!("waiting for {container} to be {state}"));
+    let mut current = "absent".to_string();
     loop {
-        let found = api.find_container(container)?;
-        let current = found
-            .as_ref()
-            .and_then(|c| c.get("state"))
-            .and_then(Value::as_str)
-            .unwrap_or("absent")
-            .to_string();
-        if let Some(found) = found.filter(|_| current == state) {
-            return Ok(found);
+        let long_poll = deadline.saturating_duration_since(Instant::now()) >= LONG_POLL;
+        let query = if long_poll {
+            format!("wait={state}&timeout={}", LONG_POLL.as_secs())
+        } else {
+            String::new()
+        };
+        match api.find_container_where(container, &query) {
+            Ok(found) => {
+                current = found
+                    .as_ref()
+                    .and_then(|c| c.get("state"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("absent")
+                    .to_string();
+                if let Some(found) = found.filter(|_| current == state) {
+                    return Ok(found);
+                }
+                spinner.tick(&current);
+                thread::sleep(POLL);
+            }
+            // The long poll's own timeout: the service waited; ask again.
+            Err(Failure::Refused { status: 408, .. }) if long_poll => spinner.tick(&current),
+            Err(other) => return Err(other),
         }
         if Instant::now() >= deadline {
             return Err(Failure::TimedOut(format!(
                 "{container} is {current}, not {state}, after {timeout:?}"
             )));
         }
-        spinner.tick(&current);
-        thread::sleep(POLL);
     }
 }
 
