@@ -9,7 +9,7 @@ mod progress;
 mod transport;
 mod watch;
 
-use std::io::{self, IsTerminal, Read};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -414,8 +414,16 @@ fn run(cli: Cli) -> Outcome {
     let format = cli.output;
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "imageapi", &mut io::stdout());
-            return Ok(());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "imageapi", &mut script);
+            let mut out = io::stdout().lock();
+            return out
+                .write_all(&script)
+                .and_then(|()| out.flush())
+                .or_else(|e| match e.kind() {
+                    io::ErrorKind::BrokenPipe => Ok(()),
+                    _ => Err(Failure::Local(format!("standard output: {e}"))),
+                });
         }
         Command::Man { dir } => return write_man_pages(dir),
         _ => {}

@@ -1,5 +1,7 @@
 //! How objects are printed: an aligned table by default, or the service's JSON or YAML.
 
+use std::io::{self, Write};
+
 use clap::ValueEnum;
 use serde_json::Value;
 
@@ -15,19 +17,16 @@ pub enum Format {
 
 const HEADER: [&str; 6] = ["ID", "NAME", "KIND", "STATE", "REFS", "DEVICE/MOUNTPOINT"];
 
-/// Prints `items` (objects of `object`: attach, mount or container) in `format`.
+/// Prints `items` (objects of `object`: attach, mount or container) in `format`. A reader that
+/// went away (`imageapi container ls | head -1`) is not an error.
 pub fn print_objects(object: &str, items: &[Value], format: Format) {
-    match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(items).expect("JSON values serialize")
-        ),
-        Format::Yaml => print!(
-            "{}",
-            serde_norway::to_string(items).expect("JSON values serialize as YAML")
-        ),
-        Format::Table => print!("{}", table(object, items)),
-    }
+    let text = match format {
+        Format::Json => serde_json::to_string_pretty(items).expect("JSON values serialize") + "\n",
+        Format::Yaml => serde_norway::to_string(items).expect("JSON values serialize as YAML"),
+        Format::Table => table(object, items),
+    };
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 fn text(value: &Value, pointer: &str) -> String {
