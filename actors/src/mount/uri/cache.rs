@@ -108,7 +108,7 @@ impl Cache {
         // The state stays consistent at every await point of a panicking holder: take it as is.
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if !state.loaded {
-            self.load(&mut state)?;
+            self.read_index(&mut state)?;
             state.loaded = true;
         }
         Ok(state)
@@ -116,7 +116,7 @@ impl Cache {
 
     /// Reads the index from disk; partial downloads of an earlier run are removed, as are
     /// entries without metadata and metadata without its entry.
-    fn load(&self, state: &mut State) -> io::Result<()> {
+    fn read_index(&self, state: &mut State) -> io::Result<()> {
         fs::create_dir_all(self.entries())?;
         let _ = fs::remove_dir_all(self.partials());
         fs::create_dir_all(self.partials())?;
@@ -151,6 +151,11 @@ impl Cache {
             }
         }
         Ok(())
+    }
+
+    /// Reads the index now rather than at its first use.
+    pub fn load(&self) -> io::Result<()> {
+        self.lock().map(drop)
     }
 
     /// Waits until no one else works on `key`, then works on it.

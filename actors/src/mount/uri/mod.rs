@@ -245,6 +245,11 @@ impl Driver for Uri {
     /// between the attach and its record): detached. The mount on such a device is cleaned up
     /// with the unclaimed mountpoints.
     fn sweep(&self, host: &Host, held: &[&UriFacts]) {
+        // A crashed run may have left half-written downloads and metadata: gone now, not at
+        // the first mount.
+        if let Err(err) = self.cache.load() {
+            warn!(error = %err, "cannot read the uri cache");
+        }
         crate::attach::loopback::detach_unheld(&loop_tag_prefix(&host.instance), |number| {
             held.iter().any(|facts| {
                 facts
