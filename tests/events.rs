@@ -325,3 +325,30 @@ fn open_streams_end_at_shutdown_without_holding_it_up() {
     );
     assert!(matches!(stream.next_event(), Ok(None)));
 }
+
+#[test]
+fn a_stream_outlives_the_connection_timeouts() {
+    let short = [
+        "--read-timeout",
+        "1s",
+        "--write-timeout",
+        "1s",
+        "--cleanup-timeout",
+        "1s",
+    ];
+    let svc = Service::start_with(ServiceOptions {
+        extra_args: short.iter().map(OsString::from).collect(),
+        ..ServiceOptions::default()
+    });
+    let mut stream = svc.events("/events", None);
+    // Past idle + read time (and the grace), when an ordinary connection is cut.
+    std::thread::sleep(Duration::from_secs(4));
+    let mount = bind_mount(&svc);
+    let event = next(&mut stream);
+    assert_eq!(
+        (event.event.as_str(), &event.data["id"]),
+        ("created", &mount["id"])
+    );
+    svc.remove("mount", id_of(&mount));
+    svc.assert_empty();
+}
