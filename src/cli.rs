@@ -135,6 +135,11 @@ pub struct Options {
     #[arg(long, default_value = "/var/lib/imageapi")]
     pub state_dir: PathBuf,
 
+    /// How many of the latest events `/events` keeps for clients that resume (Last-Event-ID).
+    #[arg(long, default_value_t = actors::events::DEFAULT_BUFFER, value_name = "EVENTS",
+          value_parser = clap::value_parser!(usize))]
+    pub event_buffer: usize,
+
     /// Release every object at exit instead of leaving them for the next start to adopt.
     #[arg(long)]
     pub cleanup_on_exit: bool,

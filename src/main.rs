@@ -61,6 +61,7 @@ async fn serve(options: Options, bound: server::Bound) -> anyhow::Result<()> {
         state_dir: Some(options.state_dir.clone()),
         cleanup_on_exit: options.cleanup_on_exit,
         uri: options.uri(),
+        event_buffer: options.event_buffer,
     })
     .await
     .context("starting the engine")?;
@@ -82,6 +83,9 @@ async fn serve(options: Options, bound: server::Bound) -> anyhow::Result<()> {
         "stopping: no new requests, then releasing every object"
     );
     signals.handle().close();
+    // Event streams and long polls never end by themselves: end them, or the stop would wait
+    // its whole graceful timeout for them.
+    engine.close_events();
     servers.stop().await;
     engine.shutdown().await;
     info!("stopped");

@@ -1192,6 +1192,8 @@ const OPERATIONS: &[Operation] = &[
             ("id", "query", false),
             ("name", "query", false),
             ("state", "query", false),
+            ("wait", "query", false),
+            ("timeout", "query", false),
         ],
         success: "200",
         success_schema: Some("[container]"),
@@ -1237,6 +1239,19 @@ const OPERATIONS: &[Operation] = &[
         operation_id: "GetSwaggerJSON",
         tag: "spec",
         parameters: &[],
+        success: "200",
+        success_schema: None,
+    },
+    Operation {
+        path: "/events",
+        method: "get",
+        operation_id: "GetEvents",
+        tag: "events",
+        parameters: &[
+            ("Last-Event-ID", "header", false),
+            ("since", "query", false),
+            ("object", "query", false),
+        ],
         success: "200",
         success_schema: None,
     },
@@ -1398,8 +1413,23 @@ fn operations_match_the_generated_client() {
                             assert_eq!(ty, "boolean", "{what}: force");
                             assert_eq!(p["default"], json!(false), "{what}: force");
                         }
+                        // Extensions: the long poll's seconds, an event id, a list of objects.
+                        "timeout" | "since" => assert_eq!(ty, "integer", "{what}: {}", p["name"]),
+                        "object" => {
+                            assert_eq!(ty, "array", "{what}: object");
+                            assert_eq!(p["collectionFormat"], json!("csv"), "{what}: object");
+                        }
                         _ => assert_eq!(ty, "string", "{what}: {}", p["name"]),
                     }
+                    if ["wait", "timeout", "since", "object"].contains(&p["name"].as_str().unwrap())
+                        && op.path == "/container"
+                    {
+                        assert_eq!(p["x-imageapi-extension"], json!(true), "{what}: extension");
+                    }
+                }
+                Some("header") => {
+                    assert_eq!(p["name"], json!("Last-Event-ID"), "{what}: header");
+                    assert_eq!(p["type"], json!("integer"), "{what}: header");
                 }
                 other => panic!("{what}: parameter in {other:?}"),
             }

@@ -9,6 +9,7 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 use crate::error::Error;
+use crate::events::{Change, Delivery, Events, Subscription};
 use crate::model::spec;
 use futures::FutureExt;
 
@@ -41,6 +42,8 @@ pub struct EngineConfig {
     pub cleanup_on_exit: bool,
     /// The flags of `uri` mounts: their download cache, limits and CA.
     pub uri: crate::mount::uri::UriConfig,
+    /// How many of the latest events are kept for subscribers that resume.
+    pub event_buffer: usize,
 }
 
 /// Why the engine could not start.
@@ -76,6 +79,7 @@ pub struct Engine {
     /// What the engine's containers share: cgroups, reaper, launcher.
     runtime: Arc<Runtime>,
     metrics: Metrics,
+    events: Events,
 }
 
 impl Engine {
@@ -151,6 +155,8 @@ impl Engine {
                 metrics.adopted(node.kind);
             }
         }
+        let events = Events::new(config.event_buffer);
+        let publishing = events.clone();
         let arbiter = Arbiter::new().handle();
         let (actors_host, adopting, counting) = (host.clone(), runtime.clone(), metrics.clone());
         let registry = Registry::start_in_arbiter(&arbiter, move |ctx: &mut Context<Registry>| {
@@ -165,7 +171,7 @@ impl Engine {
                 graph: checked.graph,
                 actors,
             };
-            Registry::new(initial, store, counting)
+            Registry::new(initial, store, counting, publishing)
         });
         info!(
             mount_dir = %config.mount_dir.display(),
@@ -181,7 +187,58 @@ impl Engine {
             kinds,
             runtime,
             metrics,
+            events,
         })
+    }
+
+    /// Follows the engine's events after number `after`, or from now on.
+    pub fn subscribe(&self, after: Option<u64>) -> Subscription {
+        self.events.subscribe(after)
+    }
+
+    /// Ends every event subscription and long poll: called when the service stops, so that
+    /// open streams do not hold the stop up.
+    pub fn close_events(&self) {
+        self.events.close();
+    }
+
+    /// The container `selector` names, once it is in `state`: at once when it is already,
+    /// else at the event that says so. `None` when `timeout` passes first;
+    /// [`Error::ShuttingDown`] when the service stops meanwhile.
+    pub async fn wait_container(
+        &self,
+        selector: Selector,
+        state: ContainerState,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Vec<Container>>, Error> {
+        // Subscribed before the first look, so that no change between the two is missed.
+        let mut events = self.subscribe(None);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut found = self.list_container(Some(selector.clone()), None).await?;
+        let id = found.first().and_then(|container| container.id);
+        loop {
+            if found
+                .first()
+                .is_some_and(|container| container.state == Some(state))
+            {
+                return Ok(Some(found));
+            }
+            let delivery = tokio::time::timeout_at(deadline, events.next()).await;
+            let relevant = match delivery {
+                Err(_elapsed) => return Ok(None),
+                Ok(None) => return Err(Error::ShuttingDown),
+                Ok(Some(Delivery::Lost { .. })) => true,
+                Ok(Some(Delivery::Event(event))) => {
+                    event.subject.object == ObjectKind::Container
+                        && Some(event.subject.id) == id
+                        && (event.state == Some(state) || event.change == Change::Deleted)
+                }
+            };
+            if relevant {
+                // Gone meanwhile: answered as a list of a missing container is.
+                found = self.list_container(Some(selector.clone()), None).await?;
+            }
+        }
     }
 
     /// Runs `work`, recording its time and, when it fails in a driver, the failing stage.

@@ -9,6 +9,7 @@ pub mod container;
 pub mod driver;
 mod engine;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod model;
 pub mod mount;

@@ -1,5 +1,8 @@
 //! `/container`: system containers.
 
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actors::model::wire::{Container, ContainerState};
 use actors::{Engine, Selector};
@@ -20,9 +23,54 @@ pub async fn list(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query = Query::of(&request)?;
+    if let Some(wanted) = query.choice::<ContainerState>("wait")? {
+        return wait(&engine, &query, wanted).await;
+    }
     let state = query.choice::<ContainerState>("state")?;
     let containers = engine.list_container(selector(&query)?, state).await?;
     Ok(HttpResponse::Ok().json(containers))
+}
+
+/// How long a long poll waits when not told.
+const WAIT_DEFAULT: Duration = Duration::from_secs(30);
+/// The longest a long poll may wait.
+const WAIT_MAX: Duration = Duration::from_secs(300);
+
+/// The long poll (`wait=<state>`): the one-element list once the container named by `id` or
+/// `name` is in that state, or a 408 when `timeout` seconds pass first.
+async fn wait(
+    engine: &Engine,
+    query: &Query,
+    wanted: ContainerState,
+) -> Result<HttpResponse, ApiError> {
+    let target = selector(query)?
+        .ok_or_else(|| ApiError::invalid_field("wait", "a wait needs an id or a name"))?;
+    let timeout = match query.int("timeout")? {
+        None => WAIT_DEFAULT,
+        Some(seconds) if (0..=WAIT_MAX.as_secs() as i64).contains(&seconds) => {
+            Duration::from_secs(seconds as u64)
+        }
+        Some(seconds) => {
+            return Err(ApiError::invalid_field(
+                "timeout",
+                format!(
+                    "{seconds} is not between 0 and {} seconds",
+                    WAIT_MAX.as_secs()
+                ),
+            ))
+        }
+    };
+    match engine.wait_container(target, wanted, timeout).await? {
+        Some(containers) => Ok(HttpResponse::Ok().json(containers)),
+        None => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the container was not {} within {} s",
+                wanted.as_str(),
+                timeout.as_secs()
+            ),
+        )),
+    }
 }
 
 pub async fn create(

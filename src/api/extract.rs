@@ -132,6 +132,18 @@ impl Query {
             .filter(|value| !value.is_empty())
     }
 
+    /// Every value of a parameter that may be repeated or given as a comma list.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(key, _)| key == name)
+            .flat_map(|(_, value)| value.split(','))
+            .map(str::trim)
+            .filter(|value| !value.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn string(&self, name: &str) -> Option<String> {
         self.raw(name).map(str::to_string)
     }

@@ -3,6 +3,7 @@
 mod attach;
 mod container;
 pub mod error;
+mod events;
 mod extract;
 mod health;
 mod mount;
@@ -12,6 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 
 use error::ApiError;
+pub use events::LongLived;
 pub use health::Readiness;
 
 /// Where the contract's paths live.
@@ -30,6 +32,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/container"),
     ("DELETE", "/container"),
     ("PATCH", "/container"),
+    ("GET", "/events"),
     ("GET", "/swagger.json"),
     ("GET", "/swagger.yaml"),
 ];
@@ -67,6 +70,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
                         .delete(container::delete)
                         .patch(container::set_state)
                         .default_service(web::to(|| not_allowed("GET, POST, DELETE, PATCH"))),
+                )
+                .service(
+                    web::resource("/events")
+                        .get(events::stream)
+                        .default_service(web::to(|| not_allowed("GET"))),
                 )
                 .service(
                     web::resource("/swagger.json")

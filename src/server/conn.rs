@@ -9,6 +9,9 @@
 //!   body, or after a response the next head (idle time plus read timeout);
 //! - *write*: a ready response must have left the socket's send queue by then.
 //!
+//! An event stream ([`Watch::stream_ready`]) has no read deadline: it lasts as long as the
+//! client listens, and ends its connection.
+//!
 //! A read deadline that passes, or a write deadline that passes with bytes still unsent, shuts
 //! the socket down (both ways): the connection ends, the service goes on.
 
@@ -106,6 +109,14 @@ impl Watch {
             _ => None,
         };
         self.set_read(next_head);
+    }
+
+    /// A long-lived response (an event stream) is ready: its head must leave within the write
+    /// timeout as any response's, but no next request is awaited (the stream ends the
+    /// connection), so there is no read deadline while it lasts.
+    pub fn stream_ready(&self) {
+        self.response_ready();
+        self.set_read(None);
     }
 
     fn next_deadline(&self) -> Option<Instant> {

@@ -156,7 +156,17 @@ pub async fn guard(
     }
     let answered = next.call(request).await;
     if let Some(watch) = &watch {
-        watch.response_ready();
+        let long_lived = answered.as_ref().is_ok_and(|response| {
+            response
+                .response()
+                .extensions()
+                .contains::<crate::api::LongLived>()
+        });
+        if long_lived {
+            watch.stream_ready();
+        } else {
+            watch.response_ready();
+        }
     }
     let response = answered?.map_into_boxed_body();
     let response = if timed_out.get() {

@@ -359,6 +359,117 @@ impl Client {
     }
 }
 
+/// One Server-Sent Event (comments are skipped).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// A Server-Sent Events stream read from a unix socket as it comes (a chunked response).
+pub struct EventStream {
+    pub status: u16,
+    reader: BufReader<UnixStream>,
+    /// Decoded body text not yet parsed into events.
+    pending: String,
+}
+
+impl EventStream {
+    /// Sends `GET path` (the full target) with the extra `headers`, reads the answer's head and
+    /// keeps the connection for the events; each read waits at most `wait`.
+    pub fn open(
+        socket: &std::path::Path,
+        path: &str,
+        headers: &[(&str, String)],
+        wait: Duration,
+    ) -> io::Result<EventStream> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(wait))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let mut head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        (&stream).write_all(head.as_bytes())?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| invalid(format!("bad status line {line:?}")))?;
+        let mut chunked = false;
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let lower = header.to_ascii_lowercase();
+            chunked |= lower.starts_with("transfer-encoding:") && lower.contains("chunked");
+        }
+        if status == 200 && !chunked {
+            return Err(invalid("an event stream must be chunked".to_string()));
+        }
+        Ok(EventStream {
+            status,
+            reader,
+            pending: String::new(),
+        })
+    }
+
+    /// Reads one chunk into `pending`; false at the end of the stream.
+    fn read_chunk(&mut self) -> io::Result<bool> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Ok(false);
+        }
+        let size = usize::from_str_radix(line.trim(), 16)
+            .map_err(|_| invalid(format!("bad chunk size {line:?}")))?;
+        let mut chunk = vec![0; size + 2];
+        self.reader.read_exact(&mut chunk)?;
+        if size == 0 {
+            return Ok(false);
+        }
+        chunk.truncate(size);
+        self.pending
+            .push_str(&String::from_utf8(chunk).map_err(|err| invalid(err.to_string()))?);
+        Ok(true)
+    }
+
+    /// The next event; `None` when the server ended the stream.
+    pub fn next_event(&mut self) -> io::Result<Option<SseEvent>> {
+        loop {
+            while let Some(end) = self.pending.find("\n\n") {
+                let block: String = self.pending.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("id: ") {
+                        id = value.parse().ok();
+                    } else if let Some(value) = line.strip_prefix("event: ") {
+                        event = value.to_string();
+                    } else if let Some(value) = line.strip_prefix("data: ") {
+                        data.push_str(value);
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a comment (keep-alive)
+                }
+                let data = serde_json::from_str(&data)
+                    .map_err(|err| invalid(format!("bad event data {data:?}: {err}")))?;
+                return Ok(Some(SseEvent { id, event, data }));
+            }
+            if !self.read_chunk()? {
+                return Ok(None);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     force_cleanup, free_port, http_request, id_of, leaks_under, private_dirs_args, refs_of,
-    wait_for, NotReady, Response, ServerProcess, Transport, BASE, RELEASE_GRACE,
+    wait_for, EventStream, NotReady, Response, ServerProcess, Transport, BASE, RELEASE_GRACE,
 };
 
 /// Generous: under software emulation (the guest suite), a start that adopts objects has been
@@ -200,6 +200,25 @@ impl Service {
             content_type,
             bytes.as_deref(),
         )
+    }
+
+    /// Opens `GET BASE + path` as an event stream on the unix socket, resuming after
+    /// `last_event_id` when given.
+    pub fn events(&self, path: &str, last_event_id: Option<u64>) -> EventStream {
+        let Transport::Unix(socket) = &self.transport else {
+            unreachable!("the service always listens on its unix socket")
+        };
+        let headers: Vec<(&str, String)> = last_event_id
+            .map(|id| ("Last-Event-ID", id.to_string()))
+            .into_iter()
+            .collect();
+        EventStream::open(
+            socket,
+            &format!("{BASE}{path}"),
+            &headers,
+            Duration::from_secs(30),
+        )
+        .expect("opening the event stream")
     }
 
     pub fn get(&self, path: &str) -> Response {

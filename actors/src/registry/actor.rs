@@ -19,6 +19,7 @@ use super::record::{self, InitFacts, Record, View};
 use crate::blocking::off_event_loop;
 use crate::container::actor::{ChangeState, LeaveRunning, Retire, StateChanged};
 use crate::error::Error;
+use crate::events::{Change, Events, Subject};
 use crate::metrics::Metrics;
 use crate::model::wire::{ContainerState, Id};
 use crate::object::ObjectAddr;
@@ -51,13 +52,20 @@ pub struct Registry {
     shutting_down: bool,
     /// Where the object counts go at each [`Census`].
     metrics: Metrics,
+    /// Where every change to an object is published, as it happens.
+    events: Events,
 }
 
 /// A store write in flight: resolves once the change is on disk (at once without a store).
 pub type Persisted = futures::future::BoxFuture<'static, Result<(), Error>>;
 
 impl Registry {
-    pub fn new(initial: Initial, store: Option<Arc<Store>>, metrics: Metrics) -> Self {
+    pub fn new(
+        initial: Initial,
+        store: Option<Arc<Store>>,
+        metrics: Metrics,
+        events: Events,
+    ) -> Self {
         Registry {
             graph: initial.graph,
             instance: initial.instance,
@@ -68,6 +76,7 @@ impl Registry {
             writes: None,
             shutting_down: false,
             metrics,
+            events,
         }
     }
 
@@ -133,8 +142,11 @@ impl Registry {
             let addr = self.actors.remove(&object.id);
             let users = self.users_releasing.remove(&object.id).unwrap_or_default();
             let (id, kind) = (object.id, object.kind);
+            let subject = subject(id, object.name.clone(), &object.record);
+            let events = self.events.clone();
             let releasing: Releasing = async move {
                 join_all(users).await;
+                // Without an actor, the kernel step never succeeded: nothing was told made.
                 let Some(addr) = addr else { return };
                 match addr.release(force).await {
                     Ok(()) => info!(id, kind = kind.as_str(), "released"),
@@ -142,6 +154,9 @@ impl Registry {
                         warn!(id, kind = kind.as_str(), error = %err, "release failed")
                     }
                 }
+                // Told once the resource is given back (or that failed: the object is gone
+                // from the graph either way).
+                events.publish(Change::Deleted, subject, (None, None), None);
             }
             .boxed()
             .shared();
@@ -160,6 +175,16 @@ impl Registry {
                 let _ = me.send(Persist).await;
             }
         })
+    }
+}
+
+/// Who an event is about: object `id`, called `name`, recorded as `record`.
+fn subject(id: Id, name: Option<String>, record: &Record) -> Subject {
+    Subject {
+        object: record.kind(),
+        id,
+        kind: record.object().map(|object| object.kind.name()),
+        name,
     }
 }
 
@@ -326,7 +351,19 @@ impl Handler<Ready> for Registry {
             return Err(self.gone(msg.id));
         };
         *record = msg.record;
+        let state = match record {
+            Record::Container(container) => Some(container.state),
+            _ => None,
+        };
         self.actors.insert(msg.id, msg.addr);
+        // Told when the kernel resource exists, before the whole create commits: a container
+        // started by its create reports running after this, and an object of a create that
+        // fails later is told deleted once released.
+        if let Some(node) = self.graph.get_any(msg.id) {
+            let about = subject(msg.id, node.name.clone(), &node.record);
+            self.events
+                .publish(Change::Created, about, (state, None), None);
+        }
         // Written in order with the rest; the create's commit waits for it, so nobody needs to
         // wait here (one sync fewer per object of a nested create).
         self.persist_unawaited();
@@ -546,10 +583,25 @@ impl Handler<Shutdown> for Registry {
 impl Handler<StateChanged> for Registry {
     type Result = ();
     fn handle(&mut self, msg: StateChanged, _: &mut Self::Context) {
+        let name = self
+            .graph
+            .get_any(msg.id)
+            .and_then(|node| node.name.clone());
         let Some(Record::Container(container)) = self.graph.record_mut(msg.id) else {
             return;
         };
-        container.state = msg.state;
+        let old_state = std::mem::replace(&mut container.state, msg.state);
+        if old_state != msg.state {
+            let about = Subject {
+                object: ObjectKind::Container,
+                id: msg.id,
+                kind: None,
+                name,
+            };
+            let states = (Some(msg.state), Some(old_state));
+            self.events
+                .publish(Change::State, about, states, msg.exit_code);
+        }
         if msg.exit_code.is_some() {
             container.exit_code = msg.exit_code;
         }

@@ -228,6 +228,7 @@ fn with_engine(test: impl AsyncFnOnce(Engine, Calls)) {
         state_dir: None,
         cleanup_on_exit: true,
         uri: Default::default(),
+        event_buffer: crate::events::DEFAULT_BUFFER,
     };
     actix_rt::System::new().block_on(async move {
         let engine = Engine::start_with(config, kinds).await.unwrap();
@@ -324,6 +325,7 @@ fn two_engines_in_one_process_share_nothing() {
             state_dir: None,
             cleanup_on_exit: true,
             uri: Default::default(),
+            event_buffer: crate::events::DEFAULT_BUFFER,
         };
         let kinds = Kinds::default().with(FakeDevice(calls.clone()));
         let second = Engine::start_with(config, kinds).await.unwrap();
