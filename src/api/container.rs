@@ -23,8 +23,10 @@ pub async fn list(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query = Query::of(&request)?;
+    // Checked even without `wait`, so that a bad value is refused wherever it is sent.
+    let timeout = wait_timeout(&query)?;
     if let Some(wanted) = query.choice::<ContainerState>("wait")? {
-        return wait(&engine, &query, wanted).await;
+        return wait(&engine, &query, wanted, timeout).await;
     }
     let state = query.choice::<ContainerState>("state")?;
     let containers = engine.list_container(selector(&query)?, state).await?;
@@ -36,30 +38,33 @@ const WAIT_DEFAULT: Duration = Duration::from_secs(30);
 /// The longest a long poll may wait.
 const WAIT_MAX: Duration = Duration::from_secs(300);
 
+/// The long poll's `timeout` (seconds, 0 to [`WAIT_MAX`]).
+fn wait_timeout(query: &Query) -> Result<Duration, ApiError> {
+    match query.int("timeout")? {
+        None => Ok(WAIT_DEFAULT),
+        Some(seconds) if (0..=WAIT_MAX.as_secs() as i64).contains(&seconds) => {
+            Ok(Duration::from_secs(seconds as u64))
+        }
+        Some(seconds) => Err(ApiError::invalid_field(
+            "timeout",
+            format!(
+                "{seconds} is not between 0 and {} seconds",
+                WAIT_MAX.as_secs()
+            ),
+        )),
+    }
+}
+
 /// The long poll (`wait=<state>`): the one-element list once the container named by `id` or
 /// `name` is in that state, or a 408 when `timeout` seconds pass first.
 async fn wait(
     engine: &Engine,
     query: &Query,
     wanted: ContainerState,
+    timeout: Duration,
 ) -> Result<HttpResponse, ApiError> {
     let target = selector(query)?
         .ok_or_else(|| ApiError::invalid_field("wait", "a wait needs an id or a name"))?;
-    let timeout = match query.int("timeout")? {
-        None => WAIT_DEFAULT,
-        Some(seconds) if (0..=WAIT_MAX.as_secs() as i64).contains(&seconds) => {
-            Duration::from_secs(seconds as u64)
-        }
-        Some(seconds) => {
-            return Err(ApiError::invalid_field(
-                "timeout",
-                format!(
-                    "{seconds} is not between 0 and {} seconds",
-                    WAIT_MAX.as_secs()
-                ),
-            ))
-        }
-    };
     match engine.wait_container(target, wanted, timeout).await? {
         Some(containers) => Ok(HttpResponse::Ok().json(containers)),
         None => Err(ApiError::new(

@@ -132,6 +132,10 @@ def before_call(context, case, kwargs):
             body["stop_signal"] = swap(body["stop_signal"], SIGNALS, keep=0.2)
     query = case.query
     if steer and isinstance(query, dict):
+        # A long poll (wait=) may hold its answer for up to `timeout` seconds: keep them short.
+        timeout = query.get("timeout")
+        if isinstance(timeout, int) and not isinstance(timeout, bool) and timeout > 1:
+            query["timeout"] = RNG.randint(0, 1)
         if isinstance(query.get("id"), int) and not isinstance(query.get("id"), bool):
             if RNG.random() < 0.7:
                 query["id"] = RNG.randint(1, 40)
