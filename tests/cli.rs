@@ -311,26 +311,7 @@ fn https_with_client_certificates_uses_the_servers_tls_flags() {
     let ca = harness::Authority::new("imageapi cli test CA");
     let other_ca = harness::Authority::new("someone else's CA");
     let port = harness::free_port();
-    let server = harness::Server::start_prepared(
-        |dir| {
-            let (certificate, key) = ca.server().write(dir, "server");
-            let ca_file = dir.join("ca.crt");
-            std::fs::write(&ca_file, &ca.pem.certificate).unwrap();
-            let mut args = harness::os_args(&["--scheme", "https", "--tls-host", "127.0.0.1"]);
-            args.extend([
-                "--tls-port".into(),
-                port.to_string().into(),
-                "--tls-certificate".into(),
-                certificate.into(),
-                "--tls-key".into(),
-                key.into(),
-                "--tls-ca".into(),
-                ca_file.into(),
-            ]);
-            args
-        },
-        &[],
-    );
+    let server = harness::Server::start_prepared(|dir| ca.mutual_tls_server_args(dir, port), &[]);
     let dir = server.dir();
     let (client_cert, client_key) = ca.client("cli").write(dir, "cli");
     let other_ca_file = dir.join("other-ca.crt");

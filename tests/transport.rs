@@ -267,26 +267,7 @@ fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
     let ca = Authority::new("imageapi test CA");
     let other_ca = Authority::new("someone else's CA");
     let port = free_port();
-    let server = Server::start_prepared(
-        |dir| {
-            let (certificate, key) = ca.server().write(dir, "server");
-            let ca_file = dir.join("ca.crt");
-            fs::write(&ca_file, &ca.pem.certificate).unwrap();
-            let mut args = os_args(&["--scheme", "https", "--tls-host", "127.0.0.1"]);
-            args.extend([
-                "--tls-port".into(),
-                port.to_string().into(),
-                "--tls-certificate".into(),
-                certificate.into(),
-                "--tls-key".into(),
-                key.into(),
-                "--tls-ca".into(),
-                ca_file.into(),
-            ]);
-            args
-        },
-        &[],
-    );
+    let server = Server::start_prepared(|dir| ca.mutual_tls_server_args(dir, port), &[]);
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let good = tls_client(&ca.pem.certificate, Some(&ca.client("good client")));
     let anonymous = tls_client(&ca.pem.certificate, None);

@@ -92,15 +92,6 @@ pub struct Metrics {
     adopted: Family<ObjectLabels, Counter>,
 }
 
-const CONTAINER_STATES: [ContainerState; 6] = [
-    ContainerState::Created,
-    ContainerState::Running,
-    ContainerState::Stopping,
-    ContainerState::Exited,
-    ContainerState::Dead,
-    ContainerState::Paused,
-];
-
 impl Metrics {
     pub fn new(kinds: &Kinds) -> Metrics {
         let mut registry = Registry::default();
@@ -164,7 +155,7 @@ impl Metrics {
                 .get_or_create(&KindLabels { kind: name })
                 .set(0);
         }
-        for state in CONTAINER_STATES {
+        for state in ContainerState::ALL {
             self.containers
                 .get_or_create(&StateLabels {
                     state: state.as_str(),

@@ -407,6 +407,26 @@ impl Authority {
     pub fn client(&self, name: &str) -> Pem {
         self.sign(name, &[], ExtendedKeyUsagePurpose::ClientAuth)
     }
+
+    /// The flags of a server on https://127.0.0.1:`port` with a certificate of this authority,
+    /// asking clients for one of its certificates too (mutual TLS); its files go into `dir`.
+    pub fn mutual_tls_server_args(&self, dir: &Path, port: u16) -> Vec<OsString> {
+        let (certificate, key) = self.server().write(dir, "server");
+        let ca_file = dir.join("ca.crt");
+        fs::write(&ca_file, &self.pem.certificate).unwrap();
+        let mut args = os_args(&["--scheme", "https", "--tls-host", "127.0.0.1"]);
+        args.extend([
+            "--tls-port".into(),
+            port.to_string().into(),
+            "--tls-certificate".into(),
+            certificate.into(),
+            "--tls-key".into(),
+            key.into(),
+            "--tls-ca".into(),
+            ca_file.into(),
+        ]);
+        args
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -76,18 +76,9 @@ pub fn transition(state: ContainerState, action: Action) -> Result<Step, Refused
 mod tests {
     use super::*;
 
-    const STATES: [ContainerState; 6] = [
-        ContainerState::Created,
-        ContainerState::Running,
-        ContainerState::Stopping,
-        ContainerState::Exited,
-        ContainerState::Dead,
-        ContainerState::Paused,
-    ];
-
     #[test]
     fn only_a_container_with_no_init_goes_without_force() {
-        for state in STATES {
+        for state in ContainerState::ALL {
             let runs = matches!(
                 state,
                 ContainerState::Running | ContainerState::Stopping | ContainerState::Paused

@@ -625,6 +625,16 @@ pub enum ContainerState {
 }
 
 impl ContainerState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [ContainerState; 6] = [
+        ContainerState::Created,
+        ContainerState::Running,
+        ContainerState::Stopping,
+        ContainerState::Exited,
+        ContainerState::Dead,
+        ContainerState::Paused,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ContainerState::Created => "created",
