@@ -50,6 +50,10 @@ const BUSY_WAIT: Duration = Duration::from_secs(3);
 /// How long a forced release waits for its unmap before it answers and leaves the unmap to
 /// finish in the kernel.
 const FORCED_UNMAP_WAIT: Duration = Duration::from_secs(5);
+/// How long a release that is not forced waits for the kernel's unmap before it answers and
+/// leaves the unmap to finish in its thread: longer than an unmap from a live cluster takes
+/// under emulation, and than the busy retries (BUSY_WAIT).
+const UNMAP_WAIT: Duration = Duration::from_secs(15);
 
 /// The kernel reads one sysfs write of at most a page less its terminating NUL.
 const MAX_REQUEST_LEN: usize = 4095;
@@ -213,21 +217,20 @@ impl Driver for Rbd {
     }
 
     fn release(&self, _: &Host, device: RbdDevice, force: bool) -> Result<(), Error> {
-        if !force {
-            return unmap(&self.turns, device, false);
-        }
-        // A forced unmap from a cluster that has gone waits in the kernel for its OSD
-        // requests to time out, one after another (minutes): it goes on in its own thread,
-        // and the release answers once it is done or after FORCED_UNMAP_WAIT.
+        // An unmap from a cluster that has gone waits in the kernel for its OSD requests to
+        // time out, one after another (minutes): it goes on in its own thread, and the release
+        // answers once it is done or after FORCED_UNMAP_WAIT (UNMAP_WAIT when not forced: a
+        // busy device still answers EBUSY before that).
+        let wait = if force { FORCED_UNMAP_WAIT } else { UNMAP_WAIT };
         let id = device.id;
         let turns = Arc::clone(&self.turns);
         let (done, finished) = mpsc::channel();
         let spawned = thread::Builder::new()
             .name(format!("rbd-unmap-{id}"))
             .spawn(move || {
-                let result = unmap(&turns, device, true);
+                let result = unmap(&turns, device, force);
                 if let Err(err) = &result {
-                    warn!(device = id, error = %err, "forced unmap failed");
+                    warn!(device = id, force, error = %err, "unmap failed");
                 }
                 let _ = done.send(result);
             });
@@ -240,13 +243,14 @@ impl Driver for Rbd {
                 },
             });
         }
-        match finished.recv_timeout(FORCED_UNMAP_WAIT) {
+        match finished.recv_timeout(wait) {
             Ok(result) => result,
             Err(_) => {
                 warn!(
                     device = id,
-                    "forced unmap still waits for the cluster in the kernel: the device goes \
-                     when the kernel's requests time out (osd_request_timeout)"
+                    force,
+                    "unmap still waits for the cluster in the kernel: the device goes when the \
+                     kernel's requests time out (osd_request_timeout)"
                 );
                 Ok(())
             }
