@@ -536,10 +536,24 @@ mod tests {
         }
 
         fn assert_loads_from(&self, dir: &Path) {
-            let store = Store::open(dir).unwrap();
+            let store = open_released(dir);
             let loaded = store.load(&kinds()).unwrap().unwrap();
             assert_eq!(loaded.graph, self.graph);
             assert_eq!(loaded.instance, "test");
+        }
+    }
+
+    /// Opens the store of `dir` that this process just closed. Its lock can outlive the close
+    /// for a moment: a child another test forks meanwhile holds the descriptor until it execs.
+    fn open_released(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Store::open(dir) {
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                opened => return opened.unwrap(),
+            }
         }
     }
 
