@@ -326,15 +326,6 @@ impl Container<'_> {
     }
 }
 
-/// The init's pid, from the service's `started ... as pid N` line in the log.
-fn init_pid(log: &Path) -> u32 {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .find_map(|line| line.split_once("] as pid ").map(|(_, pid)| pid))
-        .and_then(|pid| pid.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no init pid in the log:\n{text}"))
-}
-
 /// Removes the escape sequences systemd colours its status lines with.
 fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -105,15 +105,6 @@ fn debian_image() -> PathBuf {
     debian_systemd_image(&cache)
 }
 
-/// The container's init pid, from the service's `] as pid N` line in its log.
-fn init_pid(log: &Path) -> u32 {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .find_map(|line| line.split_once("] as pid ").map(|(_, pid)| pid))
-        .and_then(|pid| pid.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no init pid in the log:\n{text}"))
-}
-
 /// `systemctl is-system-running --wait` inside the container until systemd settles.
 fn wait_until_booted(pid: u32, log: &Path) -> String {
     let deadline = Instant::now() + BOOT_TIMEOUT;

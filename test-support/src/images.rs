@@ -208,3 +208,12 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> (bool, String) 
         ),
     }
 }
+
+/// A container's init pid, from the service's `started ... as pid N` line in its log.
+pub fn init_pid(log: &Path) -> u32 {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.split_once("] as pid ").map(|(_, pid)| pid))
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no init pid in the log:\n{text}"))
+}
