@@ -13,8 +13,6 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -24,8 +22,6 @@ use serde_json::json;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// A clean shutdown takes about a second; the service would kill systemd after 30 s.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(15);
-/// How long one command run inside the container may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
 fn debian_with_systemd_boots_keeps_to_its_cgroups_and_shuts_down_cleanly() {
@@ -63,13 +59,13 @@ fn debian_with_systemd_boots_keeps_to_its_cgroups_and_shuts_down_cleanly() {
     let id = id_of(&created);
     let log_path = PathBuf::from(str_of(&created, "/logfile"));
     let pid = init_pid(&log_path);
-    let container = Container {
+    let container = SystemdContainer {
         pid,
-        log: &log_path,
+        log: log_path.clone(),
     };
 
     // Boots to `running`: every unit started, none failed.
-    let state = container.wait_until_booted();
+    let state = container.wait_until_booted(BOOT_TIMEOUT);
     let boot_time = booting.elapsed();
     if state != "running" {
         panic!(
@@ -268,82 +264,6 @@ fn debian_with_systemd_boots_keeps_to_its_cgroups_and_shuts_down_cleanly() {
         "total {:.1?} (image {built:.1?}, boot {boot_time:.1?}, shutdown {shutdown_time:.1?})",
         started.elapsed()
     );
-}
-
-// ---------------------------------------------------------------------------------------------
-// Looking into the container
-// ---------------------------------------------------------------------------------------------
-
-struct Container<'a> {
-    /// The init (systemd), as the host sees it.
-    pid: u32,
-    log: &'a Path,
-}
-
-impl Container<'_> {
-    /// Runs `args` in all the namespaces of the init; (success, stdout and stderr).
-    fn run_status(&self, args: &[&str]) -> (bool, String) {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg("-t")
-            .arg(self.pid.to_string())
-            .arg("-a")
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("SYSTEMD_COLORS", "0");
-        run_with_timeout(&mut cmd, COMMAND_TIMEOUT)
-    }
-
-    /// Runs `args` inside and returns what they wrote, whether or not they succeeded.
-    fn run(&self, args: &[&str]) -> String {
-        self.run_status(args).1
-    }
-
-    /// Waits until systemd has finished booting; its state then (`running`, `degraded`, ...).
-    fn wait_until_booted(&self) -> String {
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        loop {
-            let (_, answer) = self.run_status(&["systemctl", "is-system-running", "--wait"]);
-            let state = answer.trim().to_string();
-            // Before systemd listens, systemctl cannot connect and says `offline`.
-            let settled = !matches!(state.as_str(), "" | "offline" | "initializing" | "starting")
-                && !state.contains("Failed to connect");
-            if settled {
-                return state;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "systemd did not finish booting within {BOOT_TIMEOUT:?} (last: {state:?})\n{}",
-                self.console()
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// The container's log with terminal colours removed.
-    fn console(&self) -> String {
-        strip_ansi(&fs::read_to_string(self.log).unwrap_or_default())
-    }
-}
-
-/// Removes the escape sequences systemd colours its status lines with.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            // Parameters and intermediates, up to the final byte (@ to ~).
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Whether no thread of process `pid` has a name starting with `prefix`.

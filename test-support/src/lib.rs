@@ -20,6 +20,7 @@ pub mod kernel;
 pub mod nfs_server;
 pub mod server;
 pub mod service;
+pub mod systemd_container;
 
 pub use ceph::*;
 pub use debian::*;
@@ -32,6 +33,7 @@ pub use kernel::*;
 pub use nfs_server::*;
 pub use server::*;
 pub use service::*;
+pub use systemd_container::*;
 
 /// Base path of every endpoint.
 pub const BASE: &str = "/imageapi/v1";
