@@ -6,8 +6,9 @@ use actors::{Engine, EngineConfig};
 use anyhow::Context;
 use clap::Parser;
 use futures::StreamExt;
+use sd_notify::NotifyState;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use imageapi::api::Readiness;
@@ -76,6 +77,7 @@ async fn serve(options: Options, bound: server::Bound) -> anyhow::Result<()> {
     // The engine's start did the restore, and every listener is up.
     readiness.set_ready();
     info!(schemes = ?options.unique_schemes(), "serving");
+    tell_systemd(&[NotifyState::Ready, NotifyState::Status("serving")]);
 
     let signal = signals.next().await;
     info!(
@@ -83,6 +85,7 @@ async fn serve(options: Options, bound: server::Bound) -> anyhow::Result<()> {
         "stopping: no new requests, then releasing every object"
     );
     signals.handle().close();
+    tell_systemd(&[NotifyState::Stopping]);
     // Event streams and long polls never end by themselves: end them, or the stop would wait
     // its whole graceful timeout for them.
     engine.close_events();
@@ -90,4 +93,13 @@ async fn serve(options: Options, bound: server::Bound) -> anyhow::Result<()> {
     engine.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// Tells systemd (a `Type=notify` unit) where the service is; outside systemd ($NOTIFY_SOCKET
+/// unset) it does nothing. The variable stays set: unsetting it races with other threads, and
+/// the inits the service starts get an environment of their own.
+fn tell_systemd(state: &[NotifyState]) {
+    if let Err(error) = sd_notify::notify(state) {
+        warn!(%error, "could not notify systemd");
+    }
 }

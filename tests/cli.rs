@@ -304,6 +304,11 @@ fn completions_and_man_pages_are_generated() {
         "{page}"
     );
     assert!(man.join("imageapi-container.1").exists());
+    let server = std::fs::read_to_string(man.join("imageapi-server.8")).unwrap();
+    assert!(
+        server.contains(".TH imageapi-server 8") && server.contains("state\\-dir"),
+        "{server}"
+    );
 }
 
 #[test]

@@ -23,6 +23,8 @@ command -v python3 >/dev/null || need+=(python3)
 # The systemd test builds a Debian image (cached under target/test-images) and looks inside it.
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v nsenter >/dev/null || need+=(util-linux)
+# The README's walkthrough (tests/readme.rs) talks to the service with curl.
+command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   apt-get update -qq
@@ -43,6 +45,9 @@ kernel_resources() {
 before=$(kernel_resources)
 
 status=0
+# The Debian package that tests/package.rs installs under systemd (release build; cargo-deb is
+# installed into target/tools when missing).
+src/package/deb.sh --quiet || status=$?
 cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" || status=$?
 # Again the runtime suite, as a service in a sandbox or on a systemd host sees the host: in a
 # pid namespace whose session leader is outside it (the service's session id reads 0), and with

@@ -101,7 +101,8 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Write man pages (imageapi.1 and one per subcommand) into DIR.
+    /// Write man pages (imageapi.1, one per subcommand, and the service's imageapi-server.8)
+    /// into DIR.
     Man { dir: PathBuf },
 }
 
@@ -498,7 +499,16 @@ fn container_command(api: &Api, command: ContainerCommand, format: Format) -> Ou
 fn write_man_pages(dir: &std::path::Path) -> Outcome {
     let local = |e: io::Error| Failure::Local(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(local)?;
-    clap_mangen::generate_to(Cli::command(), dir).map_err(local)
+    clap_mangen::generate_to(Cli::command(), dir).map_err(local)?;
+    // The service's page too, in section 8 (system administration), so that a package has
+    // both from one command.
+    let server = imageapi::cli::Options::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(server)
+        .section("8")
+        .render(&mut page)
+        .map_err(local)?;
+    std::fs::write(dir.join("imageapi-server.8"), page).map_err(local)
 }
 
 fn main() -> ExitCode {
