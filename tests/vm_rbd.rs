@@ -10,7 +10,6 @@ mod common;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -105,31 +104,6 @@ fn debian_image() -> PathBuf {
     debian_systemd_image(&cache)
 }
 
-/// `systemctl is-system-running --wait` inside the container until systemd settles.
-fn wait_until_booted(pid: u32, log: &Path) -> String {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        let out = Command::new("timeout")
-            .args(["60", "nsenter", "-t", &pid.to_string(), "-a"])
-            .args(["systemctl", "is-system-running", "--wait"])
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run nsenter");
-        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !matches!(state.as_str(), "" | "offline" | "initializing" | "starting") {
-            return state;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "systemd did not boot within {BOOT_TIMEOUT:?} (last: {state:?})\n{}",
-            fs::read_to_string(log).unwrap_or_default()
-        );
-        thread::sleep(Duration::from_millis(500));
-    }
-}
-
 fn container_state(svc: &Service, name: &str) -> String {
     let list = svc.list(&format!("/container?name={name}"));
     list[0]["state"].as_str().unwrap_or_default().to_string()
@@ -203,7 +177,11 @@ fn maps_a_real_image_and_kraken_boots_a_node_from_one() {
     assert_eq!(created["state"], "running", "{created}");
     let log = PathBuf::from(str_of(&created, "/logfile"));
     let pid = init_pid(&log);
-    let state = wait_until_booted(pid, &log);
+    let state = SystemdContainer {
+        pid,
+        log: log.clone(),
+    }
+    .wait_until_booted(BOOT_TIMEOUT);
     let boot_time = creating.elapsed();
     assert_eq!(
         state,
