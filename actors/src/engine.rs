@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::Error;
 use crate::events::{Change, Delivery, Events, Subscription};
@@ -14,6 +14,7 @@ use crate::model::spec;
 use futures::FutureExt;
 
 use crate::blocking::{mailbox_gone, off_event_loop};
+use crate::container::timing::TARGET as TIMING;
 use crate::container::Runtime;
 use crate::driver::{Host, Kinds};
 use crate::metrics::{Metrics, Operation};
@@ -275,6 +276,7 @@ impl Engine {
         let runtime = self.runtime.clone();
         let (answer, answered) = tokio::sync::oneshot::channel();
         let task = async move {
+            let started = Instant::now();
             let txn = registry.send(Begin).await.map_err(mailbox_gone)??;
             let transaction = Transaction {
                 registry: registry.clone(),
@@ -285,10 +287,16 @@ impl Engine {
             };
             let built = build(&transaction).await;
             match built {
-                Ok(top) => registry
-                    .send(Commit { txn, top: top.id })
-                    .await
-                    .map_err(mailbox_gone)?,
+                Ok(top) => {
+                    let built_us = started.elapsed().as_micros() as u64;
+                    let committed = registry
+                        .send(Commit { txn, top: top.id })
+                        .await
+                        .map_err(mailbox_gone)?;
+                    let create_us = started.elapsed().as_micros() as u64;
+                    debug!(target: TIMING, id = top.id, built_us, create_us, "create done");
+                    committed
+                }
                 Err(err) => {
                     warn!(error = %err, "create failed: rolling back");
                     let _ = registry.send(Abort(txn)).await;

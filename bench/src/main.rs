@@ -33,7 +33,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use actors::container::{launch, InitConfig};
+mod breakdown;
+
+use actors::container::{launch, launch_timed, InitConfig, LaunchTimes};
 use actors::model::wire::Namespace;
 use actors::sys::loopdev::LoopDevice;
 use actors::sys::mounts::{mount_filesystem, overlay, parse_mount_options, unmount};
@@ -178,8 +180,18 @@ fn run(args: &Args) -> Result<()> {
     // Dropped before the workspace: SIGTERM, wait.
     let mut service = Service::start(&server, &work.path().join("service"), &work.state)?;
     let mut client = Client::new(service.socket.clone());
-    let figures = service_cycles(&mut service, &mut client, &image.path, args.iterations)?;
-    print_service(&figures, &floor);
+    let figures = service_cycles(
+        (&mut service, &mut client),
+        (&runtime, work.path()),
+        &image.path,
+        args.iterations,
+    )?;
+    print_service(&figures);
+    breakdown::print(
+        &figures.floor,
+        &figures,
+        &breakdown::ServiceTimes::read(&service.stderr)?,
+    );
 
     if args.containers > 0 {
         let scale = many_containers(&mut service, &mut client, &image.path, args.containers)?;
@@ -558,6 +570,8 @@ struct Floor {
     teardown_parts: [Vec<Duration>; 4],
     to_exec: Vec<Duration>,
     total: Vec<Duration>,
+    /// The steps of each launch.
+    launch_steps: Vec<LaunchTimes>,
 }
 
 /// What one floor cycle holds; dropping it releases what is still held, users first.
@@ -677,37 +691,45 @@ fn floor_cycles(
     // Cycle 0 is the warm-up: the first launch copies this binary into a sealed memfd once.
     for i in 0..=iterations {
         check_interrupted()?;
-        let cycle = floor_cycle(runtime, &base, image, &log_path, i)
+        let (cycle, steps) = floor_cycle(runtime, &base, image, &log_path, i)
             .with_context(|| format!("floor cycle {i}"))?;
         if i == 0 {
             continue;
         }
-        let [attach, mount, ovl, exec, reaped, parts @ ..] = cycle;
-        floor.attach.push(attach);
-        floor.mount.push(mount);
-        floor.overlay.push(ovl);
-        floor.launch.push(exec);
-        floor.reaped.push(reaped);
-        floor.teardown.push(parts.iter().sum());
-        for (samples, part) in floor.teardown_parts.iter_mut().zip(parts) {
-            samples.push(part);
-        }
-        floor.to_exec.push(attach + mount + ovl + exec);
-        floor.total.push(cycle.iter().sum());
+        floor.record(cycle, steps);
     }
     fs::remove_dir_all(&base).context("removing the floor directory")?;
     Ok(floor)
 }
 
+impl Floor {
+    /// Adds the times of one cycle, as [`floor_cycle`] answers them.
+    fn record(&mut self, cycle: [Duration; 9], steps: LaunchTimes) {
+        self.launch_steps.push(steps);
+        let [attach, mount, ovl, exec, reaped, parts @ ..] = cycle;
+        self.attach.push(attach);
+        self.mount.push(mount);
+        self.overlay.push(ovl);
+        self.launch.push(exec);
+        self.reaped.push(reaped);
+        self.teardown.push(parts.iter().sum());
+        for (samples, part) in self.teardown_parts.iter_mut().zip(parts) {
+            samples.push(part);
+        }
+        self.to_exec.push(attach + mount + ovl + exec);
+        self.total.push(cycle.iter().sum());
+    }
+}
+
 /// One cycle; the times of attach, mount, overlay, launch (to exec), exec to reaped, and the
-/// four parts of the teardown.
+/// four parts of the teardown; and the steps of the launch.
 fn floor_cycle(
     runtime: &tokio::runtime::Runtime,
     base: &Path,
     image: &Path,
     log_path: &Path,
     i: usize,
-) -> Result<[Duration; 9]> {
+) -> Result<([Duration; 9], LaunchTimes)> {
     let dir = base.join(i.to_string());
     fs::create_dir(&dir)?;
     let mut cycle = FloorCycle {
@@ -741,7 +763,7 @@ fn floor_cycle(
     let overlaid = Instant::now();
 
     let log = open_log(log_path)?;
-    let init = launch(
+    let (init, steps) = launch_timed(
         container_runtime(),
         init_config(i as i64, root, "/bin/true", log),
     )
@@ -763,7 +785,7 @@ fn floor_cycle(
     drop(init);
 
     let [umount_overlay, umount_lower, detach, remove] = cycle.teardown()?;
-    Ok([
+    let times = [
         attached - start,
         mounted - attached,
         overlaid - mounted,
@@ -773,7 +795,8 @@ fn floor_cycle(
         umount_lower,
         detach,
         remove,
-    ])
+    ];
+    Ok((times, steps))
 }
 
 fn print_floor(floor: &Floor) {
@@ -953,8 +976,9 @@ impl Service {
                 ))
                 // On error paths the bench relies on SIGTERM releasing everything.
                 .arg("--cleanup-on-exit")
-                .env_remove("RUST_LOG")
-                .env("IMAGEAPI_LOGLEVEL", "INFO")
+                // JSON lines with the timing events, which the breakdown reads.
+                .args(["--log-format", "json"])
+                .env("RUST_LOG", breakdown::SERVICE_LOG_FILTER)
                 .stdin(Stdio::null())
                 .stdout(File::create(dir.join("stdout.log"))?)
                 .stderr(File::create(&stderr)?)
@@ -1171,6 +1195,11 @@ struct ServiceFigures {
     delete: Vec<Duration>,
     total: Vec<Duration>,
     get: Vec<Duration>,
+    /// The measured cycles' container ids.
+    ids: Vec<i64>,
+    /// The floor again, one cycle after each of the service's, so that both meet the same
+    /// load of the machine: the ratios compare these.
+    floor: Floor,
 }
 
 fn nested_container(image: &Path, command: &str) -> Value {
@@ -1189,13 +1218,16 @@ fn nested_container(image: &Path, command: &str) -> Value {
 }
 
 fn service_cycles(
-    service: &mut Service,
-    client: &mut Client,
+    (service, client): (&mut Service, &mut Client),
+    (runtime, work): (&tokio::runtime::Runtime, &Path),
     image: &Path,
     iterations: usize,
 ) -> Result<ServiceFigures> {
     let body = nested_container(image, "/bin/true");
     let mut figures = ServiceFigures::default();
+    let floor_base = work.join("floor-alongside");
+    fs::create_dir(&floor_base).context("creating the floor directory")?;
+    let floor_log = floor_base.join("console.log");
     // Cycle 0 is the warm-up: the service's first launch copies its binary into a memfd.
     for i in 0..=iterations {
         check_interrupted()?;
@@ -1233,20 +1265,28 @@ fn service_cycles(
         );
         client.expect("DELETE", &format!("/container?id={id}"), None, 200)?;
         let deleted = Instant::now();
+        // Numbered after part 1's cycles: container ids (and cgroups) stay unique.
+        let n = iterations + 1 + i;
+        let (cycle, steps) = floor_cycle(runtime, &floor_base, image, &floor_log, n)
+            .with_context(|| format!("floor cycle {n}"))?;
         if i == 0 {
             continue;
         }
+        figures.floor.record(cycle, steps);
+        figures.ids.push(id);
         figures.post.push(posted - start);
         figures.exited.push(exited - start);
         figures.delete.push(deleted - exited);
         figures.total.push(deleted - start);
         figures.get.extend(gets);
     }
+    fs::remove_dir_all(&floor_base).context("removing the floor directory")?;
     check_released(service, client, image)?;
     Ok(figures)
 }
 
-fn print_service(figures: &ServiceFigures, floor: &Floor) {
+fn print_service(figures: &ServiceFigures) {
+    let floor = &figures.floor;
     table_head(
         "2. The service over its unix socket (HTTP/1.1 keep-alive): nested POST container -> overlay -> squashfs ro -> loopback, /bin/true",
     );
@@ -1267,8 +1307,14 @@ fn print_service(figures: &ServiceFigures, floor: &Floor) {
         "one GET /container?id= (kept-alive connection)",
         &figures.get,
     );
+    row(
+        "floor, one cycle after each: image -> init exec'd",
+        &floor.to_exec,
+    );
+    row("floor, one cycle after each: teardown", &floor.teardown);
+    row("floor, one cycle after each: full cycle", &floor.total);
     out!(
-        "  ratio service/floor (medians): full cycle {}, image -> running {} (POST -> 201 vs attach..launch), teardown {} (DELETE vs teardown)",
+        "  ratio service/floor (medians, the floor cycles between the service's): full cycle {}, image -> running {} (POST -> 201 vs attach..launch), teardown {} (DELETE vs teardown)",
         ratio(median(&figures.total), median(&floor.total)),
         ratio(median(&figures.post), median(&floor.to_exec)),
         ratio(median(&figures.delete), median(&floor.teardown)),

@@ -37,6 +37,7 @@ use super::console::Console;
 use super::process::Init;
 use super::runtime::Runtime;
 use super::spec::{InitSpec, Report, SEARCH_PATH};
+use super::timing::{Lap, LaunchTimes};
 use crate::model::wire::Namespace;
 use crate::sys::beneath::{fd_path, open_resolved};
 use crate::sys::clone::{Child, ChildPlan, ParentEnds};
@@ -222,6 +223,16 @@ fn check_file(root: &OwnedFd, path: &str, shown: &str) -> Result<(), LaunchError
 /// once the init has executed the payload (its status then comes from [`Init::wait`]), or with
 /// the reason it could not; nothing is left behind on failure.
 pub fn launch(runtime: &Arc<Runtime>, config: InitConfig) -> Result<Init, LaunchError> {
+    launch_timed(runtime, config).map(|(init, _)| init)
+}
+
+/// [`launch()`], answering also how long each of its steps took.
+pub fn launch_timed(
+    runtime: &Arc<Runtime>,
+    config: InitConfig,
+) -> Result<(Init, LaunchTimes), LaunchError> {
+    let mut lap = Lap::start();
+    let mut times = LaunchTimes::default();
     let mut namespaces = config.namespaces.clone();
     namespaces.extend([Namespace::Mnt, Namespace::Pid]);
     for namespace in &namespaces {
@@ -243,32 +254,32 @@ pub fn launch(runtime: &Arc<Runtime>, config: InitConfig) -> Result<Init, Launch
     let flags = namespaces
         .iter()
         .fold(0, |flags, ns| flags | clone_flag(*ns));
+    times.prepare = lap.lap();
     let program = init_program()?;
+    times.program = lap.lap();
     let image = open_tree(CWD, &config.rootfs, image_tree_flags()).map_err(kernel(format!(
         "copy the mount of {}",
         config.rootfs.display()
     )))?;
+    times.image = lap.lap();
     // Last of the fallible steps before the clone: the cgroups are removed if anything after
     // fails.
     let cgroup = Cgroup::create(runtime.cgroups(), config.id, config.systemd)?;
+    times.cgroup = lap.lap();
     let started = ChildPlan::new(program, &config.log, spec_fd, image)
         .map_err(kernel("prepare the init's descriptors"))
-        .and_then(|(plan, ends)| start(runtime, plan, ends, flags, &spec, &cgroup));
+        .and_then(|(plan, ends)| start(runtime, plan, ends, flags, &spec, &cgroup, &mut times));
     match started {
         Ok((child, start_time)) => {
+            times.log(config.id);
             if let Some(console) = console {
                 // The container runs either way; only its console lines would be missing.
                 if let Err(error) = console.relay(config.id, child.pidfd.as_fd(), &config.log) {
                     tracing::warn!(id = config.id, %error, "cannot relay the console to the log");
                 }
             }
-            Ok(Init::new(
-                runtime.clone(),
-                config.id,
-                child,
-                start_time,
-                cgroup,
-            ))
+            let init = Init::new(runtime.clone(), config.id, child, start_time, cgroup);
+            Ok((init, times))
         }
         Err(error) => {
             if let Err(cleanup) = cgroup.remove() {
@@ -371,7 +382,8 @@ fn write_spec(spec: &InitSpec) -> Result<OwnedFd, LaunchError> {
 }
 
 /// Clones the child, places it and lets it go; returns it with its start time once the payload
-/// runs. On failure the child is killed (if needed) and reaped.
+/// runs, and the times of the steps in `times`. On failure the child is killed (if needed) and
+/// reaped.
 fn start(
     runtime: &Arc<Runtime>,
     plan: ChildPlan,
@@ -379,22 +391,29 @@ fn start(
     flags: u64,
     spec: &InitSpec,
     cgroup: &Cgroup,
+    times: &mut LaunchTimes,
 ) -> Result<(Child, u64), LaunchError> {
+    let mut lap = Lap::start();
     let unified = cgroup.open_unified()?;
+    times.cgroup += lap.lap();
     // The job holds the runtime: its reaper registers the child.
     let owner = runtime.clone();
-    let child = runtime
+    let (child, clone) = runtime
         .launcher()
         .run(move || {
-            owner.reaper().spawn_supervised(
+            let mut lap = Lap::start();
+            let child = owner.reaper().spawn_supervised(
                 || plan.spawn(flags, unified.as_ref().map(AsFd::as_fd)),
                 |child| child.pid,
-            )
+            );
+            child.map(|child| (child, lap.lap()))
         })
         .map_err(io::Error::from)
         .and_then(|cloned| cloned)
         .map_err(kernel("clone the init"))?;
-    match place_and_release(&child, ends, spec, cgroup) {
+    times.clone = clone;
+    times.hop = lap.lap().saturating_sub(clone);
+    match place_and_release(&child, ends, spec, cgroup, times) {
         Ok(start_time) => Ok((child, start_time)),
         Err(error) => {
             reap_failed(runtime, &child);
@@ -410,7 +429,9 @@ fn place_and_release(
     ends: ParentEnds,
     spec: &InitSpec,
     cgroup: &Cgroup,
+    times: &mut LaunchTimes,
 ) -> Result<u64, LaunchError> {
+    let mut lap = Lap::start();
     let pid = child.pid;
     // The child waits for us and we hold its pidfd unreaped: the pid cannot be reused yet.
     let start_time = Stat::read(pid)
@@ -423,6 +444,7 @@ fn place_and_release(
         }
     }
     cgroup.join_v1(pid)?;
+    times.place = lap.lap();
     let ParentEnds { go, mut report } = ends;
     File::from(go)
         .write_all(&[1])
@@ -440,6 +462,7 @@ fn place_and_release(
     report
         .read_to_end(&mut answer)
         .map_err(kernel("read the init's report"))?;
+    times.setup = lap.lap();
     match Report::decode(&answer) {
         None => Ok(start_time),
         Some(report) => Err(LaunchError::Init {

@@ -13,7 +13,8 @@
 //! inits are cloned from), `spec` (the service/init protocol),
 //! `rootfs` (the container's mounts), `console` (a systemd container's `/dev/console`), `cgroup`,
 //! `reaper`, `runtime` (what one engine's containers share),
-//! `log` (the lifecycle lines, written off the event loop).
+//! `log` (the lifecycle lines, written off the event loop), `timing` (how long each step of a
+//! launch took).
 
 pub mod actor;
 pub mod cgroup;
@@ -27,11 +28,13 @@ mod reaper;
 mod rootfs;
 mod runtime;
 pub(crate) mod spec;
+pub(crate) mod timing;
 
 pub use cgroup::{Cgroup, CgroupError};
 pub use console::reattach_console;
 pub use init::run_if_init;
-pub use launch::{check_init, launch, InitConfig, LaunchError};
+pub use launch::{check_init, launch, launch_timed, InitConfig, LaunchError};
 pub use process::{ExitStatus, Init};
 pub use reaper::ReaperError;
 pub use runtime::{Runtime, RuntimeError};
+pub use timing::LaunchTimes;

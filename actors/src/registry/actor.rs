@@ -7,17 +7,19 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use futures::future::{join_all, BoxFuture, Shared};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::graph::{Graph, GraphError, ObjectKind, Removed, TxnId};
 use super::record::{self, InitFacts, Record, View};
 use crate::blocking::off_event_loop;
 use crate::container::actor::{ChangeState, LeaveRunning, Retire, StateChanged};
+use crate::container::timing::TARGET as TIMING;
 use crate::error::Error;
 use crate::events::{Change, Events, Subject};
 use crate::metrics::Metrics;
@@ -28,8 +30,9 @@ use crate::store::{self, Plan, Store};
 /// The release of one object, in flight: done once its resource is given back (or that failed).
 type Releasing = Shared<BoxFuture<'static, ()>>;
 
-/// Someone waiting for the graph as it is now to be on disk.
-type StoreWaiter = oneshot::Sender<Result<(), Error>>;
+/// Someone waiting for the graph as it was at their request (the number of the request, in
+/// order) to be on disk.
+type StoreWaiter = (u64, oneshot::Sender<Result<(), Error>>);
 
 /// The state the registry starts from: empty, or reloaded from the store and checked against
 /// the kernel (see [`crate::restore`]).
@@ -49,6 +52,8 @@ pub struct Registry {
     me: Option<Addr<Registry>>,
     store: Option<Arc<Store>>,
     writes: Option<mpsc::UnboundedSender<StoreWaiter>>,
+    /// How many writes have been asked for: the number of the last [`StoreWaiter`].
+    write_requests: u64,
     shutting_down: bool,
     /// Where the object counts go at each [`Census`].
     metrics: Metrics,
@@ -74,6 +79,7 @@ impl Registry {
             me: None,
             store,
             writes: None,
+            write_requests: 0,
             shutting_down: false,
             metrics,
             events,
@@ -90,7 +96,10 @@ impl Registry {
             return Box::pin(async { Ok(()) });
         };
         let (done, written) = oneshot::channel();
-        let queued = writes.send(done).map_err(|_| Error::ShuttingDown);
+        self.write_requests += 1;
+        let queued = writes
+            .send((self.write_requests, done))
+            .map_err(|_| Error::ShuttingDown);
         Box::pin(async move {
             queued?;
             written.await.unwrap_or(Err(Error::ShuttingDown))
@@ -137,6 +146,22 @@ impl Registry {
     /// mid-release leaves their kernel resources to the sweeps of untracked loop devices,
     /// mountpoints and cgroups at the next start.)
     fn release(&mut self, removed: Vec<Removed<Record>>, force: bool) -> BoxFuture<'static, ()> {
+        let released = self.release_objects(removed, force);
+        let me = self.me.clone();
+        Box::pin(async move {
+            released.await;
+            if let Some(me) = me {
+                let _ = me.send(Persist).await;
+            }
+        })
+    }
+
+    /// Releases the removed objects as [`Registry::release`] does, without the write.
+    fn release_objects(
+        &mut self,
+        removed: Vec<Removed<Record>>,
+        force: bool,
+    ) -> BoxFuture<'static, ()> {
         let mut batch = Vec::with_capacity(removed.len());
         for object in removed {
             let addr = self.actors.remove(&object.id);
@@ -148,7 +173,11 @@ impl Registry {
                 join_all(users).await;
                 // Without an actor, the kernel step never succeeded: nothing was told made.
                 let Some(addr) = addr else { return };
-                match addr.release(force).await {
+                let started = Instant::now();
+                let released = addr.release(force).await;
+                let release_us = started.elapsed().as_micros() as u64;
+                debug!(target: TIMING, id, kind = kind.as_str(), release_us, "object released");
+                match released {
                     Ok(()) => info!(id, kind = kind.as_str(), "released"),
                     Err(err) => {
                         warn!(id, kind = kind.as_str(), error = %err, "release failed")
@@ -168,12 +197,12 @@ impl Registry {
             actix_rt::spawn(releasing.clone());
             batch.push(releasing);
         }
-        let me = self.me.clone();
+        let objects = batch.len();
         Box::pin(async move {
+            let started = Instant::now();
             join_all(batch).await;
-            if let Some(me) = me {
-                let _ = me.send(Persist).await;
-            }
+            let release_us = started.elapsed().as_micros() as u64;
+            debug!(target: TIMING, objects, release_us, "objects released");
         })
     }
 }
@@ -188,15 +217,16 @@ fn subject(id: Id, name: Option<String>, record: &Record) -> Subject {
     }
 }
 
-/// What the store must write now, serialized for the store's plan.
+/// What the store must write now, serialized for the store's plan, and the number of the last
+/// write asked for until now, whose changes it holds.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<u8>, String>")]
+#[rtype(result = "(Result<Vec<u8>, String>, u64)")]
 struct TakeChanges(Plan);
 
 impl Handler<TakeChanges> for Registry {
-    type Result = Result<Vec<u8>, String>;
+    type Result = MessageResult<TakeChanges>;
     fn handle(&mut self, msg: TakeChanges, _: &mut Self::Context) -> Self::Result {
-        self.changes(msg.0)
+        MessageResult((self.changes(msg.0), self.write_requests))
     }
 }
 
@@ -223,18 +253,53 @@ impl Actor for Registry {
             self.writes = Some(writes);
             let registry = ctx.address();
             actix_rt::spawn(async move {
-                while let Some(first) = queue.recv().await {
-                    let mut waiting = vec![first];
-                    while let Ok(next) = queue.try_recv() {
-                        waiting.push(next);
-                    }
-                    // Taken after every waiter's change: one write makes them all durable.
+                // A request taken from the queue that the last write did not cover.
+                let mut next = None;
+                loop {
+                    let first = match next.take() {
+                        Some(first) => first,
+                        None => match queue.recv().await {
+                            Some(first) => first,
+                            None => break,
+                        },
+                    };
+                    let mut waiting = vec![first.1];
+                    // Taken after every waiter's change: one write makes them all durable,
+                    // those asked for while the changes were being taken too (their changes
+                    // came before), so that a commit right behind a write does not need one
+                    // more sync of nothing.
                     let plan = store.plan();
-                    let saved = match registry.send(TakeChanges(plan)).await {
+                    let taken = registry.send(TakeChanges(plan)).await;
+                    let covered = taken.as_ref().map_or(first.0, |(_, covered)| *covered);
+                    while let Ok(request) = queue.try_recv() {
+                        if request.0 <= covered {
+                            waiting.push(request.1);
+                        } else {
+                            next = Some(request);
+                            break;
+                        }
+                    }
+                    let saved = match taken.map(|(serialized, _)| serialized) {
                         Ok(Ok(serialized)) => {
                             let writer = store.clone();
-                            match off_event_loop(move || writer.write(plan, &serialized)).await {
-                                Some(written) => written.map_err(|err| err.to_string()),
+                            let (bytes, waiters) = (serialized.len(), waiting.len());
+                            let write = move || {
+                                let started = Instant::now();
+                                let written = writer.write(plan, &serialized);
+                                (written, started.elapsed())
+                            };
+                            match off_event_loop(write).await {
+                                Some((written, took)) => {
+                                    debug!(
+                                        target: TIMING,
+                                        bytes,
+                                        waiters,
+                                        snapshot = matches!(plan, Plan::Snapshot { .. }),
+                                        write_us = took.as_micros() as u64,
+                                        "store write"
+                                    );
+                                    written.map_err(|err| err.to_string())
+                                }
                                 None => {
                                     // It may not have run: the next write stores the whole graph.
                                     store.start_over();
@@ -385,7 +450,10 @@ impl Handler<Commit> for Registry {
         self.graph.commit(msg.txn);
         let view = record::view(&self.graph, msg.top).ok_or_else(|| self.gone(msg.top));
         let persisted = self.persist();
+        let started = Instant::now();
         Box::pin(persisted.into_actor(self).map(move |written, registry, _| {
+            let persist_us = started.elapsed().as_micros() as u64;
+            debug!(target: TIMING, id = msg.top, persist_us, "create committed");
             if let Err(err) = written {
                 // Not on disk, so not made: undone as a failed create is.
                 if let Ok(removed) = registry.graph.delete(msg.top, true) {
@@ -532,11 +600,23 @@ impl Handler<Delete> for Registry {
                     force,
                     "deleting"
                 );
-                (view, registry.release(removed, force))
+                // The removal is written while the objects are released, not after: a crash
+                // in between leaves what was not released yet to the next start's sweeps, as
+                // any write during the release would (see `release`).
+                let persisted = registry.persist();
+                (view, registry.release_objects(removed, force), persisted)
             });
             async move {
-                let (view, released) = released?;
-                released.await;
+                let (view, released, persisted) = released?;
+                let started = Instant::now();
+                let persisted = async move {
+                    // A failed write is logged by the writer; the objects are gone either way.
+                    let _ = persisted.await;
+                    started.elapsed()
+                };
+                let ((), persisted) = futures::join!(released, persisted);
+                let persist_us = persisted.as_micros() as u64;
+                debug!(target: TIMING, id, persist_us, "delete written");
                 Ok(view)
             }
             .into_actor(registry)
@@ -612,8 +692,16 @@ impl Handler<StateChanged> for Registry {
             }
             None => {}
         }
-        // Nobody waits for this write; it is ordered with every other one.
-        self.persist_unawaited();
+        // A container started by its own create is written by that create's commit, which
+        // follows at once and is waited for: a write of its own would hold the commit up.
+        let pending = self
+            .graph
+            .get_any(msg.id)
+            .is_some_and(|node| node.is_pending());
+        if !pending {
+            // Nobody waits for this write; it is ordered with every other one.
+            self.persist_unawaited();
+        }
     }
 }
 

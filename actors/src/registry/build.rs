@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::Addr;
 use futures::future::BoxFuture;
@@ -19,6 +20,7 @@ use super::graph::{GraphError, ObjectKind, TxnId};
 use super::record::{ContainerRecord, Record};
 use crate::blocking::{blocking, mailbox_gone};
 use crate::container::actor::{launch_error, ChangeState, ContainerActor, ContainerPlan};
+use crate::container::timing::TARGET as TIMING;
 use crate::container::{launch, Runtime};
 use crate::driver::{Dep, Host};
 use crate::error::Error;
@@ -141,10 +143,12 @@ impl Transaction {
             .into_iter()
             .map(|dep| Ok((dep.dep()?, dep.addr)))
             .collect::<Result<Vec<_>, Error>>()?;
+        let started = Instant::now();
         let (addr, facts) = kind
             .clone()
             .start(self.host.clone(), id, spec.clone(), inputs)
             .await?;
+        debug!(target: TIMING, id, kind = kind.name(), step_us = started.elapsed().as_micros() as u64, "object made");
         let mut record = Record::of_object(kind, spec);
         if let Some(object) = record.object_mut() {
             object.facts = Some(facts);
@@ -198,10 +202,12 @@ impl Transaction {
             )
             .await?;
         if def.start {
+            let started = Instant::now();
             actor
                 .send(ChangeState(ContainerState::Running))
                 .await
                 .map_err(mailbox_gone)??;
+            debug!(target: TIMING, id, start_us = started.elapsed().as_micros() as u64, "container started");
         }
         Ok(built)
     }
