@@ -50,6 +50,9 @@ const INIT: &str = "/bin/busybox sleep 100000";
 const ERRORS_SHOWN: usize = 5;
 /// How many times the service's memory is read during the run.
 const MEMORY_SAMPLES: u32 = 10;
+/// How long the service is left idle before its memory is read once more after the run: longer
+/// than the 10 s an idle thread of tokio's blocking pool lives.
+const SETTLE: Duration = Duration::from_secs(12);
 /// How long a cycle's `GET ?wait=exited` waits at most, in seconds.
 const WAIT_TIMEOUT_S: u64 = 30;
 
@@ -447,6 +450,7 @@ impl Worker<'_> {
 pub(super) struct Memory {
     rss: u64,
     anon: u64,
+    threads: u64,
 }
 
 fn memory(service: &Service) -> Result<Memory> {
@@ -464,6 +468,7 @@ fn memory(service: &Service) -> Result<Memory> {
     Ok(Memory {
         rss: field("VmRSS:")?,
         anon: field("RssAnon:")?,
+        threads: field("Threads:")?,
     })
 }
 
@@ -493,6 +498,7 @@ pub(super) struct LoadFigures {
     memory_before: Memory,
     memory_during: Vec<(Duration, Memory)>,
     memory_after: Memory,
+    memory_settled: Memory,
     restart: Option<RestartCheck>,
     reaped_at_end: usize,
 }
@@ -640,6 +646,8 @@ pub(super) fn run(service: &mut Service, image: &Path, options: &Options) -> Res
     // The allocator may hand pages back a moment after the last delete.
     thread::sleep(Duration::from_millis(500));
     let memory_after = memory(service)?;
+    thread::sleep(SETTLE);
+    let memory_settled = memory(service)?;
     let first_errors = lock(&shared.first_errors).clone();
     Ok(LoadFigures {
         elapsed,
@@ -651,6 +659,7 @@ pub(super) fn run(service: &mut Service, image: &Path, options: &Options) -> Res
         memory_before,
         memory_during,
         memory_after,
+        memory_settled,
         restart,
         reaped_at_end,
     })
@@ -1041,17 +1050,25 @@ pub(super) fn print(figures: &LoadFigures, options: &Options) {
         .iter()
         .map(|(at, m)| format!("{} s {}", at.as_secs(), mb(m.rss)))
         .collect();
+    let settled = figures.memory_settled;
     out!(
-        "  service memory (VmRSS / RssAnon): at the start of part 5 {} / {}, after the warm-up {} / {}, \
-         after the run {} / {}: {} / {}{}",
+        "  service memory (VmRSS / RssAnon, threads): at the start of part 5 {} / {} ({}), after the warm-up {} / {} ({}), \
+         after the run {} / {} ({}): {} / {}; {} s later {} / {} ({}){}",
         mb(figures.memory_start.rss),
         mb(figures.memory_start.anon),
+        figures.memory_start.threads,
         mb(before.rss),
         mb(before.anon),
+        before.threads,
         mb(after.rss),
         mb(after.anon),
+        after.threads,
         mb_diff(before.rss, after.rss),
         mb_diff(before.anon, after.anon),
+        SETTLE.as_secs(),
+        mb(settled.rss),
+        mb(settled.anon),
+        settled.threads,
         if options.kill_after.is_some() {
             " (not comparable: the service restarted in between)"
         } else {
