@@ -15,6 +15,9 @@
 //!    --uri-mib MiB served by a local HTTP server on 127.0.0.1, against `curl` and `mount` done
 //!    by hand in the same run on the same server, and again once the image is in the cache.
 //!
+//! 5. A load run (--load-seconds, off by default): concurrent clients cycling nested containers,
+//!    optionally with a SIGKILL of the service in the middle; see `load.rs`.
+//!
 //! It builds its own image (static busybox, `mksquashfs`), must run as root, and cleans up after
 //! itself, also on error or Ctrl-C. Everything lives in a private directory under --work-dir with
 //! a tmpfs mounted on it (as the service's mount dir lives on the /run tmpfs in production),
@@ -98,6 +101,18 @@ struct Args {
     /// The service binary; by default `imageapi-server` next to this executable.
     #[arg(long)]
     server: Option<PathBuf>,
+    /// Part 5, the load run: for this many seconds, --load-clients clients each repeat nested
+    /// create -> running -> stop -> delete cycles (0 skips it). The other parts run first; to
+    /// run the load alone, make them small: --iterations 1 --containers 0 --uri-mib 0.
+    #[arg(long, default_value_t = 0)]
+    load_seconds: u64,
+    /// Concurrent clients of the load run, each on its own kept-alive connection.
+    #[arg(long, default_value_t = 32)]
+    load_clients: usize,
+    /// SIGKILL the service this many seconds into the load run, start it again on the same state
+    /// dir, and check that it lost nothing and that the kernel holds nothing it does not list.
+    #[arg(long)]
+    load_kill_after: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -126,6 +141,9 @@ macro_rules! out {
         let _ = writeln!(io::stdout(), $($arg)*);
     }};
 }
+
+// After `out!`, which it uses.
+mod load;
 
 // ---------------------------------------------------------------------------------------------
 // The run
@@ -203,6 +221,16 @@ fn run(args: &Args) -> Result<()> {
         print_uri(&figures);
     }
 
+    if args.load_seconds > 0 {
+        let options = load::Options {
+            seconds: args.load_seconds,
+            clients: args.load_clients,
+            kill_after: args.load_kill_after,
+        };
+        let figures = load::run(&mut service, &image.path, &options)?;
+        load::print(&figures, &options);
+    }
+
     drop(client);
     let status = service.stop()?;
     ensure!(status.success(), "imageapi-server exited with {status}");
@@ -234,12 +262,13 @@ fn run(args: &Args) -> Result<()> {
     );
     out!(
         "reproduce (as root on an otherwise idle machine; needs busybox-static, squashfs-tools and curl): \
-         cargo build --release --workspace && target/release/imageapi-bench --iterations {} --containers {} --uri-mib {}{}{}",
+         cargo build --release --workspace && target/release/imageapi-bench --iterations {} --containers {} --uri-mib {}{}{}{}",
         args.iterations,
         args.containers,
         args.uri_mib,
         if args.no_tmpfs { " --no-tmpfs" } else { "" },
-        if args.state_in_work_dir { " --state-in-work-dir" } else { "" }
+        if args.state_in_work_dir { " --state-in-work-dir" } else { "" },
+        load::flags(args),
     );
     Ok(())
 }
@@ -954,6 +983,8 @@ fn floor_many(
 /// A running `imageapi-server` with private dirs; dropping it stops it (SIGTERM, then SIGKILL).
 struct Service {
     process: ServerProcess,
+    binary: PathBuf,
+    dir: PathBuf,
     socket: PathBuf,
     mount_dir: PathBuf,
     state_dir: PathBuf,
@@ -963,14 +994,32 @@ struct Service {
 impl Service {
     fn start(binary: &Path, dir: &Path, state_dir: &Path) -> Result<Service> {
         fs::create_dir(dir).context("creating the service directory")?;
-        let socket = dir.join("api.sock");
-        let mount_dir = dir.join("mounts");
-        let stderr = dir.join("stderr.log");
-        let process = ServerProcess::spawn(
+        let mut service = Service {
+            process: Service::spawn(binary, dir, state_dir)?,
+            binary: binary.to_owned(),
+            dir: dir.to_owned(),
+            socket: dir.join("api.sock"),
+            mount_dir: dir.join("mounts"),
+            state_dir: state_dir.to_owned(),
+            stderr: dir.join("stderr.log"),
+        };
+        service.wait_ready()?;
+        Ok(service)
+    }
+
+    fn spawn(binary: &Path, dir: &Path, state_dir: &Path) -> Result<ServerProcess> {
+        // Appended to: a restarted service's lines follow those of the one that crashed.
+        let log = |name: &str| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+        };
+        ServerProcess::spawn(
             Command::new(binary)
                 .args(private_dirs_args(
-                    &socket,
-                    &mount_dir,
+                    &dir.join("api.sock"),
+                    &dir.join("mounts"),
                     &dir.join("logs"),
                     state_dir,
                 ))
@@ -980,21 +1029,23 @@ impl Service {
                 .args(["--log-format", "json"])
                 .env("RUST_LOG", breakdown::SERVICE_LOG_FILTER)
                 .stdin(Stdio::null())
-                .stdout(File::create(dir.join("stdout.log"))?)
-                .stderr(File::create(&stderr)?)
+                .stdout(log("stdout.log")?)
+                .stderr(log("stderr.log")?)
                 // Its own process group: a Ctrl-C reaches only the bench, which stops it in order.
                 .process_group(0),
         )
-        .with_context(|| format!("starting {}", binary.display()))?;
-        let mut service = Service {
-            process,
-            socket,
-            mount_dir,
-            state_dir: state_dir.to_owned(),
-            stderr,
-        };
-        service.wait_ready()?;
-        Ok(service)
+        .with_context(|| format!("starting {}", binary.display()))
+    }
+
+    /// Starts the service again on the same dirs and state dir, once it has exited (after a
+    /// SIGKILL, say).
+    fn restart(&mut self) -> Result<()> {
+        ensure!(
+            self.process.try_exit()?.is_some(),
+            "imageapi-server still runs"
+        );
+        self.process = Service::spawn(&self.binary, &self.dir, &self.state_dir)?;
+        self.wait_ready()
     }
 
     fn wait_ready(&mut self) -> Result<()> {

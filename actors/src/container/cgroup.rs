@@ -122,11 +122,23 @@ impl ServiceCgroups {
         let mut tries = 0;
         loop {
             tries += 1;
-            fs::create_dir_all(&parent).map_err(|source| CgroupError::Io {
-                action: "create",
-                path: parent.clone(),
-                source,
-            })?;
+            match fs::create_dir_all(&parent) {
+                Ok(()) => {}
+                // Its mkdir found the parent there (EEXIST), and another service removed it,
+                // empty, before create_dir_all looked whether it is a directory: make it again.
+                Err(error)
+                    if error.kind() == ErrorKind::AlreadyExists && tries < MAX_CREATE_TRIES =>
+                {
+                    continue
+                }
+                Err(source) => {
+                    return Err(CgroupError::Io {
+                        action: "create",
+                        path: parent.clone(),
+                        source,
+                    })
+                }
+            }
             let created = match fs::create_dir(&dir) {
                 Err(error) if error.kind() == ErrorKind::AlreadyExists => {
                     tracing::warn!(dir = %dir.display(), "replacing a stale cgroup");
@@ -526,6 +538,47 @@ mod tests {
         ));
         assert_eq!(found.unified.as_deref(), Some(Path::new("/sys/fs/cgroup")));
         assert!(found.freezer.is_none() && found.systemd.is_none());
+    }
+
+    /// Another service makes and removes the shared parent as its containers come and go: a
+    /// create never fails for that, whichever syscalls of the two interleave.
+    #[test]
+    fn make_dir_survives_the_parent_coming_and_going() {
+        let root = std::env::temp_dir().join(format!("cgroup-race-{}", std::process::id()));
+        fs::create_dir(&root).unwrap();
+        let service = ServiceCgroups {
+            hierarchies: Hierarchies::default(),
+            instance: "race".into(),
+        };
+        let parent = root.join(PARENT_DIR);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let failures = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = fs::create_dir(&parent);
+                    let _ = fs::remove_dir(&parent);
+                    // Its containers take a while to come and go: not every attempt of the
+                    // create meets a removal.
+                    std::thread::sleep(std::time::Duration::from_micros(20));
+                }
+            });
+            let failures: Vec<String> = (0..20_000)
+                .filter_map(|id| match service.make_dir(&root, id) {
+                    Ok(dir) => fs::remove_dir(dir).err().map(|e| e.to_string()),
+                    Err(e) => Some(e.to_string()),
+                })
+                .collect();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            failures
+        });
+        let _ = fs::remove_dir(&parent);
+        fs::remove_dir(&root).unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(3)]
+        );
     }
 
     /// A process in a sub-cgroup (where systemd puts itself) is killed, and every cgroup of the
