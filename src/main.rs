@@ -46,10 +46,36 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().init(),
     }
+    raise_open_file_limit();
+    actors::sys::malloc::return_large_frees();
     // Listeners first, while the process has one thread: a wrong flag, a busy port or a bad
     // certificate stops the service before it touches the host.
     let bound = server::bind(&options)?;
     actix_web::rt::System::new().block_on(serve(options, bound))
+}
+
+/// Raises the soft limit of open files to the hard one. Each running container holds two
+/// descriptors (its init's pidfds), so a thousand of them need more than the soft limit of 1024
+/// most hosts start a service with; the hard limit stays the host's choice. Container inits
+/// inherit the raised soft limit (their hard limit is the same as before).
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => info!(
+            from = ?limit.current,
+            to = ?limit.maximum,
+            "raised the open file limit"
+        ),
+        Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
+    }
 }
 
 async fn serve(options: Options, bound: server::Bound) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@ pub(crate) mod clone;
 pub(crate) mod fd;
 pub mod kmod;
 pub mod loopdev;
+pub mod malloc;
 pub mod mountinfo;
 pub mod mounts;
 pub(crate) mod poll;
