@@ -54,26 +54,11 @@ fn main() -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(serve(options, bound))
 }
 
-/// Raises the soft limit of open files to the hard one. Each running container holds two
-/// descriptors (its init's pidfds), so a thousand of them need more than the soft limit of 1024
-/// most hosts start a service with; the hard limit stays the host's choice. Container inits
-/// inherit the raised soft limit (their hard limit is the same as before).
+/// Lifts the soft limit of open files: see [`actors::sys::rlimit::raise_open_files`].
 fn raise_open_file_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current == limit.maximum {
-        return;
-    }
-    let raised = Rlimit {
-        current: limit.maximum,
-        maximum: limit.maximum,
-    };
-    match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => info!(
-            from = ?limit.current,
-            to = ?limit.maximum,
-            "raised the open file limit"
-        ),
+    match actors::sys::rlimit::raise_open_files() {
+        Ok(Some((from, to))) => info!(?from, ?to, "raised the open file limit"),
+        Ok(None) => {}
         Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
     }
 }

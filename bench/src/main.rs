@@ -165,6 +165,8 @@ fn run(args: &Args) -> Result<()> {
         );
     }
 
+    // Part 3 holds a thousand inits (pidfds) in this process too.
+    actors::sys::rlimit::raise_open_files().context("raising the open file limit")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

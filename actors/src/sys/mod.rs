@@ -13,6 +13,7 @@ pub mod mounts;
 pub(crate) mod poll;
 pub(crate) mod proc;
 pub mod rbd;
+pub mod rlimit;
 pub(crate) mod signal;
 pub(crate) mod tty;
 
