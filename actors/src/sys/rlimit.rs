@@ -21,3 +21,16 @@ pub fn raise_open_files() -> rustix::io::Result<Option<(Option<u64>, Option<u64>
     )?;
     Ok(Some((limit.current, limit.maximum)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_one_once() {
+        raise_open_files().expect("raising the open file limit");
+        let limit = getrlimit(Resource::Nofile);
+        assert_eq!(limit.current, limit.maximum);
+        assert_eq!(raise_open_files().expect("raising again"), None);
+    }
+}
