@@ -47,10 +47,21 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().init(),
     }
+    raise_open_file_limit();
+    actors::sys::malloc::return_large_frees();
     // Listeners first, while the process has one thread: a wrong flag, a busy port or a bad
     // certificate stops the service before it touches the host.
     let bound = server::bind(&options)?;
     actix_web::rt::System::new().block_on(serve(options, bound))
+}
+
+/// Lifts the soft limit of open files: see [`actors::sys::rlimit::raise_open_files`].
+fn raise_open_file_limit() {
+    match actors::sys::rlimit::raise_open_files() {
+        Ok(Some((from, to))) => info!(?from, ?to, "raised the open file limit"),
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
+    }
 }
 
 async fn serve(options: Options, bound: server::Bound) -> anyhow::Result<()> {

@@ -36,6 +36,15 @@ pub struct Host {
     pub loop_turn: crate::sys::loopdev::AttachTurn,
 }
 
+/// A path as the wire shows it: `Path::display`'s text, without its lossy conversion for the
+/// paths (all but odd ones) that are UTF-8 already, which a list of many objects shows often.
+pub(crate) fn path_text(path: &Path) -> String {
+    match path.to_str() {
+        Some(text) => text.to_owned(),
+        None => path.display().to_string(),
+    }
+}
+
 /// The wire type of one object kind (attachment or mount) and the fields every kind shares.
 pub trait WireObject: Default + Send + 'static {
     /// The wire's name for a kind of this object (`AttachKind`, `MountKind`).
@@ -62,7 +71,7 @@ impl WireObject for wire::Attach {
         self.id = Some(id);
         self.refs = refs;
         self.kind = Some(kind);
-        self.device_file = provides.map(|path| path.display().to_string());
+        self.device_file = provides.map(path_text);
     }
 }
 
@@ -80,7 +89,7 @@ impl WireObject for wire::Mount {
         self.id = Some(id);
         self.refs = refs;
         self.kind = Some(kind);
-        self.mountpoint = provides.map(|path| path.display().to_string());
+        self.mountpoint = provides.map(path_text);
     }
 }
 
@@ -237,20 +246,11 @@ pub trait Kind: Send + Sync + 'static {
     /// Gives back an adopted resource no object keeps any more. Blocking.
     fn release_adopted(&self, host: &Host, resource: AdoptedResource) -> Result<(), Error>;
     fn provides(&self, facts: &Erased) -> PathBuf;
-    fn describe_attach(
-        &self,
-        spec: &Erased,
-        facts: Option<&Erased>,
-        deps: &dyn DepViews,
-        wire: &mut wire::Attach,
-    );
-    fn describe_mount(
-        &self,
-        spec: &Erased,
-        facts: Option<&Erased>,
-        deps: &dyn DepViews,
-        wire: &mut wire::Mount,
-    );
+    /// Fills the client's view of attachment `id`: its kind's sub-object and the fields every
+    /// kind shares (id, refs, kind, device file).
+    fn describe_attach(&self, view: Common<'_>, deps: &dyn DepViews, wire: &mut wire::Attach);
+    /// Fills the client's view of mount `id`, as [`Kind::describe_attach`] does.
+    fn describe_mount(&self, view: Common<'_>, deps: &dyn DepViews, wire: &mut wire::Mount);
     fn sweep(&self, host: &Host, held: &[&Erased]);
     fn encode_spec(&self, spec: &Erased) -> serde_json::Result<serde_json::Value>;
     fn encode_facts(&self, facts: &Erased) -> serde_json::Result<serde_json::Value>;
@@ -263,6 +263,15 @@ pub trait Kind: Send + Sync + 'static {
 
 /// A kind as generic code holds it.
 pub type KindRef = Arc<dyn Kind>;
+
+/// What generic code knows of an object it asks its kind to describe.
+#[derive(Clone, Copy)]
+pub struct Common<'r> {
+    pub id: Id,
+    pub refs: i64,
+    pub spec: &'r Erased,
+    pub facts: Option<&'r Erased>,
+}
 
 /// The adapter that erases a [`Driver`]'s types.
 pub(crate) struct Typed<D>(pub D);
@@ -359,26 +368,14 @@ impl<D: Driver> Kind for Typed<D> {
     fn provides(&self, facts: &Erased) -> PathBuf {
         self.0.provides(self.facts(facts)).to_path_buf()
     }
-    fn describe_attach(
-        &self,
-        spec: &Erased,
-        facts: Option<&Erased>,
-        deps: &dyn DepViews,
-        wire: &mut wire::Attach,
-    ) {
+    fn describe_attach(&self, view: Common<'_>, deps: &dyn DepViews, wire: &mut wire::Attach) {
         if let Some(own) = as_own_mut::<_, D::Object>(wire) {
-            self.describe_own(spec, facts, deps, own);
+            self.describe_own(view, deps, own);
         }
     }
-    fn describe_mount(
-        &self,
-        spec: &Erased,
-        facts: Option<&Erased>,
-        deps: &dyn DepViews,
-        wire: &mut wire::Mount,
-    ) {
+    fn describe_mount(&self, view: Common<'_>, deps: &dyn DepViews, wire: &mut wire::Mount) {
         if let Some(own) = as_own_mut::<_, D::Object>(wire) {
-            self.describe_own(spec, facts, deps, own);
+            self.describe_own(view, deps, own);
         }
     }
     fn sweep(&self, host: &Host, held: &[&Erased]) {
@@ -415,15 +412,11 @@ impl<D: Driver> Kind for Typed<D> {
 }
 
 impl<D: Driver> Typed<D> {
-    fn describe_own(
-        &self,
-        spec: &Erased,
-        facts: Option<&Erased>,
-        deps: &dyn DepViews,
-        wire: &mut D::Object,
-    ) {
-        let facts = facts.map(|facts| self.facts(facts));
-        self.0.describe(self.spec(spec), facts, deps, wire);
+    fn describe_own(&self, view: Common<'_>, deps: &dyn DepViews, wire: &mut D::Object) {
+        let facts = view.facts.map(|facts| self.facts(facts));
+        self.0.describe(self.spec(view.spec), facts, deps, wire);
+        let provides = facts.map(|facts| self.0.provides(facts));
+        wire.set_common(view.id, view.refs, D::KIND, provides);
     }
 }
 

@@ -8,8 +8,10 @@
 //!    iteration one nested `POST /container` (container -> overlay -> squashfs -> loopback,
 //!    `state: running`, `/bin/true`), `GET ?id=` until it has exited, `DELETE`.
 //! 3. Many containers: N `sleep` containers over one shared squashfs mount, each with its own
-//!    overlay; the start time of one more container as the number running grows, the service's
-//!    resident memory, and a forced delete of them all with a check that everything is released.
+//!    overlay; the start time of one more container and the service's resident memory as the
+//!    number running grows, the cost of `GET /container` at 1, 20, 100 and 1000 of them
+//!    ([`list`]), then the stop of them all and their delete, with a check that everything is
+//!    released.
 //!
 //! 4. A uri mount: the time from `POST /mount` (kind uri) to 201 mounted for an image of
 //!    --uri-mib MiB served by a local HTTP server on 127.0.0.1, against `curl` and `mount` done
@@ -28,6 +30,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
@@ -62,8 +65,9 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// Container ids of the in-process floor (its cgroups are `imageapi/pid<bench pid>-<id>`): far
 /// above any id a service hands out, and recognisable when checking that none is left.
 const FLOOR_ID_BASE: i64 = 1 << 40;
-/// The container counts at which the start time of one more container is printed.
-const MILESTONES: [usize; 5] = [1, 50, 100, 150, 200];
+/// Container counts at which the start time of one more container is printed, besides the
+/// quarters of the run's count (see [`milestones`]).
+const MILESTONES: [usize; 3] = [100, 500, 1000];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -143,6 +147,7 @@ macro_rules! out {
 }
 
 // After `out!`, which it uses.
+mod list;
 mod load;
 
 // ---------------------------------------------------------------------------------------------
@@ -178,6 +183,8 @@ fn run(args: &Args) -> Result<()> {
         );
     }
 
+    // Part 3 holds a thousand inits (pidfds) in this process too.
+    actors::sys::rlimit::raise_open_files().context("raising the open file limit")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -986,6 +993,8 @@ struct Service {
     binary: PathBuf,
     dir: PathBuf,
     socket: PathBuf,
+    /// Its plain HTTP listener on 127.0.0.1 (for the list timings over TCP).
+    tcp: SocketAddr,
     mount_dir: PathBuf,
     state_dir: PathBuf,
     stderr: PathBuf,
@@ -994,11 +1003,16 @@ struct Service {
 impl Service {
     fn start(binary: &Path, dir: &Path, state_dir: &Path) -> Result<Service> {
         fs::create_dir(dir).context("creating the service directory")?;
+        // A port free now; the service fails at start in the unlikely case it was taken since.
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("finding a free TCP port")?;
         let mut service = Service {
-            process: Service::spawn(binary, dir, state_dir)?,
+            process: Service::spawn(binary, dir, state_dir, tcp)?,
             binary: binary.to_owned(),
             dir: dir.to_owned(),
             socket: dir.join("api.sock"),
+            tcp,
             mount_dir: dir.join("mounts"),
             state_dir: state_dir.to_owned(),
             stderr: dir.join("stderr.log"),
@@ -1007,7 +1021,12 @@ impl Service {
         Ok(service)
     }
 
-    fn spawn(binary: &Path, dir: &Path, state_dir: &Path) -> Result<ServerProcess> {
+    fn spawn(
+        binary: &Path,
+        dir: &Path,
+        state_dir: &Path,
+        tcp: SocketAddr,
+    ) -> Result<ServerProcess> {
         // Appended to: a restarted service's lines follow those of the one that crashed.
         let log = |name: &str| {
             OpenOptions::new()
@@ -1023,6 +1042,8 @@ impl Service {
                     &dir.join("logs"),
                     state_dir,
                 ))
+                .args(["--scheme", "http", "--host", "127.0.0.1", "--port"])
+                .arg(tcp.port().to_string())
                 // On error paths the bench relies on SIGTERM releasing everything.
                 .arg("--cleanup-on-exit")
                 // JSON lines with the timing events, which the breakdown reads.
@@ -1037,14 +1058,14 @@ impl Service {
         .with_context(|| format!("starting {}", binary.display()))
     }
 
-    /// Starts the service again on the same dirs and state dir, once it has exited (after a
-    /// SIGKILL, say).
+    /// Starts the service again on the same dirs, state dir and port, once it has exited
+    /// (after a SIGKILL, say).
     fn restart(&mut self) -> Result<()> {
         ensure!(
             self.process.try_exit()?.is_some(),
             "imageapi-server still runs"
         );
-        self.process = Service::spawn(&self.binary, &self.dir, &self.state_dir)?;
+        self.process = Service::spawn(&self.binary, &self.dir, &self.state_dir, self.tcp)?;
         self.wait_ready()
     }
 
@@ -1380,14 +1401,31 @@ struct Scale {
     count: usize,
     create_total: Duration,
     creates: Vec<Duration>,
+    /// The service's VmRSS (kB) with k running, at each milestone k.
+    rss_at: Vec<(usize, u64)>,
+    lists: Vec<list::Point>,
     list_all: Duration,
     rss_idle: u64,
     rss_running: u64,
     rss_after: u64,
     /// Size of the service's store with all containers running.
     state_bytes: u64,
+    /// From the first `PATCH state=exited` until every container is listed exited.
+    stop_total: Duration,
+    stops: Vec<Duration>,
     delete_total: Duration,
     deletes: Vec<Duration>,
+}
+
+/// The container counts at which the start of one more container (and the service's memory)
+/// is printed: 1, the quarters of `count`, and 100, 500 and 1000 where they fit.
+fn milestones(count: usize) -> Vec<usize> {
+    let marks: BTreeSet<usize> = [1, count / 4, count / 2, count * 3 / 4, count]
+        .into_iter()
+        .chain(MILESTONES.into_iter().filter(|&k| k <= count))
+        .filter(|&k| k > 0)
+        .collect();
+    marks.into_iter().collect()
 }
 
 fn many_containers(
@@ -1420,9 +1458,17 @@ fn many_containers(
 
     let mut ids = Vec::with_capacity(count);
     let mut creates = Vec::with_capacity(count);
+    let marks = milestones(count);
+    let mut rss_at = Vec::with_capacity(marks.len());
+    let mut lists = Vec::new();
+    let mut listing = Duration::ZERO;
+    let endpoints = list::Endpoints {
+        socket: &service.socket,
+        tcp: Some(service.tcp),
+    };
     let started = Instant::now();
     let created = (|| -> Result<()> {
-        for _ in 0..count {
+        for k in 1..=count {
             check_interrupted()?;
             let t = Instant::now();
             let container = client.expect("POST", "/container", Some(&body), 201)?;
@@ -1433,10 +1479,19 @@ fn many_containers(
                 "container answered {}: {container}",
                 container["state"]
             );
+            let paused = Instant::now();
+            if marks.contains(&k) {
+                rss_at.push((k, service.process.rss_kb().unwrap_or(0)));
+            }
+            if list::is_point(k, count) {
+                lists.extend(list::measure(&endpoints, k)?);
+            }
+            listing += paused.elapsed();
         }
         Ok(())
     })();
-    let create_total = started.elapsed();
+    // Without the list timings made between the creates.
+    let create_total = started.elapsed() - listing;
 
     // The cgroups that came with this service's containers.
     let ours: Vec<PathBuf> = container_cgroups()
@@ -1467,7 +1522,14 @@ fn many_containers(
         Ok((list_all, service.rss_kb()?, service.state_bytes()))
     });
 
-    // Delete whatever was made, also after an error.
+    // Stop them all, then delete them; after an error, a forced delete of whatever was made.
+    let mut stops = Vec::with_capacity(ids.len());
+    let started = Instant::now();
+    let stopped = match &measured {
+        Ok(_) => Some(stop_all(client, &ids, &mut stops).map(|()| started.elapsed())),
+        Err(_) => None,
+    };
+    let force = !matches!(stopped, Some(Ok(_)));
     let mut deletes = Vec::with_capacity(ids.len());
     let started = Instant::now();
     let mut delete_error = None;
@@ -1475,7 +1537,7 @@ fn many_containers(
         let t = Instant::now();
         match client.expect(
             "DELETE",
-            &format!("/container?id={id}&force=true"),
+            &format!("/container?id={id}&force={force}"),
             None,
             200,
         ) {
@@ -1487,6 +1549,7 @@ fn many_containers(
     }
     let delete_total = started.elapsed();
     let (list_all, rss_running, state_bytes) = measured?;
+    let stop_total = stopped.context("no stop was tried")??;
     if let Some(e) = delete_error {
         return Err(e);
     }
@@ -1514,14 +1577,46 @@ fn many_containers(
         count,
         create_total,
         creates,
+        rss_at,
+        lists,
         list_all,
         rss_idle,
         rss_running,
         rss_after: service.rss_kb()?,
         state_bytes,
+        stop_total,
+        stops,
         delete_total,
         deletes,
     })
+}
+
+/// `PATCH state=exited` to every container (each answers at once, stopping), then waits until
+/// the service lists them all exited; `stops` gets the time of each PATCH.
+fn stop_all(client: &mut Client, ids: &[i64], stops: &mut Vec<Duration>) -> Result<()> {
+    for id in ids {
+        let t = Instant::now();
+        client.expect(
+            "PATCH",
+            &format!("/container?id={id}&state=exited"),
+            None,
+            200,
+        )?;
+        stops.push(t.elapsed());
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let exited = list_len(client, "container?state=exited")?;
+        if exited == ids.len() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{exited} of {} containers exited within {PATIENCE:?} of their stop",
+            ids.len()
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// The in-process containers' runtime, made at the first launch, as an engine makes its own.
@@ -1616,21 +1711,14 @@ fn print_scale(s: &Scale, floor: Option<&FloorMany>) {
     out!("  start of the k-th container with k-1 running, µs (service: POST -> 201 running; floor: overlay + launch to exec;");
     out!("  k=1 also pays the first exec of busybox from the freshly mounted squashfs, i.e. its decompression):");
     out!(
-        "  {:>6} {:>12} {:>22} {:>12} {:>22}",
+        "  {:>6} {:>12} {:>22} {:>12} {:>22} {:>14}",
         "k",
         "service k-th",
         "service med k-9..k",
         "floor k-th",
-        "floor med k-9..k"
+        "floor med k-9..k",
+        "service MB"
     );
-    let mut marks: Vec<usize> = MILESTONES
-        .iter()
-        .copied()
-        .filter(|&k| k <= s.count)
-        .collect();
-    if marks.last() != Some(&s.count) {
-        marks.push(s.count);
-    }
     let floor_creates = floor.map_or(&[][..], |f| &f.creates[..]);
     let cell = |samples: &[Duration], k: usize| {
         samples
@@ -1643,13 +1731,14 @@ fn print_scale(s: &Scale, floor: Option<&FloorMany>) {
         }
         us(median(&samples[k.saturating_sub(10)..k])).to_string()
     };
-    for k in marks {
+    for &(k, rss) in &s.rss_at {
         out!(
-            "  {k:>6} {:>12} {:>22} {:>12} {:>22}",
+            "  {k:>6} {:>12} {:>22} {:>12} {:>22} {:>14.1}",
             cell(&s.creates, k),
             window(&s.creates, k),
             cell(floor_creates, k),
             window(floor_creates, k),
+            rss as f64 / 1024.0
         );
     }
     out!(
@@ -1680,6 +1769,7 @@ fn print_scale(s: &Scale, floor: Option<&FloorMany>) {
         s.count,
         us(s.list_all)
     );
+    list::print(&s.lists);
     out!(
         "  service VmRSS: {:.1} MB idle, {:.1} MB with {} running ({:+.1} kB per container), {:.1} MB after deleting them",
         s.rss_idle as f64 / 1024.0,
@@ -1694,7 +1784,14 @@ fn print_scale(s: &Scale, floor: Option<&FloorMany>) {
         s.state_bytes / 1024
     );
     out!(
-        "  DELETE ?force=true of all {}: {:.1} ms (median {} µs, max {} µs each)",
+        "  stop all {}: PATCH state=exited to each, until all are listed exited: {:.1} ms (PATCH median {} µs, max {} µs)",
+        s.count,
+        s.stop_total.as_secs_f64() * 1e3,
+        us(median(&s.stops)),
+        us(quantile(&s.stops, 1.0))
+    );
+    out!(
+        "  DELETE ?id= of all {} (exited; each releases its overlay): {:.1} ms (median {} µs, max {} µs each)",
         s.count,
         s.delete_total.as_secs_f64() * 1e3,
         us(median(&s.deletes)),

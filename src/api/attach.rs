@@ -14,7 +14,7 @@ pub async fn list(
     let query = Query::of(&request)?;
     let id = query.int("id")?;
     let kind = query.choice::<AttachKind>("kind")?;
-    Ok(HttpResponse::Ok().json(engine.list_attach(id, kind).await?))
+    super::json_list(&engine.list_attach(id, kind).await?)
 }
 
 pub async fn create(

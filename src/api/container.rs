@@ -30,7 +30,7 @@ pub async fn list(
     }
     let state = query.choice::<ContainerState>("state")?;
     let containers = engine.list_container(selector(&query)?, state).await?;
-    Ok(HttpResponse::Ok().json(containers))
+    super::json_list(&containers)
 }
 
 /// How long a long poll waits when not told.

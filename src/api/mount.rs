@@ -14,7 +14,7 @@ pub async fn list(
     let query = Query::of(&request)?;
     let id = query.int("id")?;
     let kind = query.choice::<MountKind>("kind")?;
-    Ok(HttpResponse::Ok().json(engine.list_mount(id, kind).await?))
+    super::json_list(&engine.list_mount(id, kind).await?)
 }
 
 pub async fn create(

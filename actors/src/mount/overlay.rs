@@ -8,7 +8,7 @@ use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 
 use super::{make_mountpoint, scratch_of, MountFacts, MountedFs};
-use crate::driver::{Dep, DepViews, Driver, Host, Kinds, Parsed};
+use crate::driver::{path_text, Dep, DepViews, Driver, Host, Kinds, Parsed};
 use crate::error::{Error, Origin};
 use crate::model::spec::{
     field, invalid, mount_child, overlay_depth, Invalid, MAX_OVERLAY_DEPTH, MAX_OVERLAY_LOWERS,
@@ -145,8 +145,8 @@ impl Driver for Overlay {
         let dirs = facts.map(|facts| upper_and_work(&facts.mountpoint));
         wire.overlay = Some(MountOverlay {
             lower: (0..deps.len()).map(|i| deps.mount(i)).collect(),
-            upperdir: dirs.as_ref().map(|(upper, _)| upper.display().to_string()),
-            workdir: dirs.as_ref().map(|(_, work)| work.display().to_string()),
+            upperdir: dirs.as_ref().map(|(upper, _)| path_text(upper)),
+            workdir: dirs.as_ref().map(|(_, work)| path_text(work)),
         });
     }
 }

@@ -523,12 +523,15 @@ impl Handler<List> for Registry {
                 let id = self.select(msg.kind, selector)?;
                 Ok(record::view(&self.graph, id).into_iter().collect())
             }
-            None => Ok(self
-                .graph
-                .iter()
-                .filter(|node| node.kind == msg.kind)
-                .filter_map(|node| record::view(&self.graph, node.id))
-                .collect()),
+            None => {
+                let shared = record::Shared::default();
+                Ok(self
+                    .graph
+                    .iter()
+                    .filter(|node| node.kind == msg.kind)
+                    .filter_map(|node| record::view_sharing(&self.graph, node.id, &shared))
+                    .collect())
+            }
         }
     }
 }

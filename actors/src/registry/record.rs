@@ -1,14 +1,15 @@
 //! What the registry keeps of each object (typed records, not the wire types), and the views
 //! clients read, built from them at the edge.
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::graph::{Graph, ObjectKind};
-use crate::driver::{DepViews, Erased, KindRef, Kinds};
+use crate::driver::{path_text, Common, DepViews, Erased, KindRef, Kinds};
 use crate::model::spec::{signal_name, StopPolicy};
 use crate::model::wire::{self, ContainerState, Id, Namespace};
 
@@ -241,12 +242,45 @@ impl View {
 
 /// The client's view of an object: its record with refs and every nested object resolved.
 pub fn view(graph: &Graph<Record>, id: Id) -> Option<View> {
+    view_sharing(graph, id, &Shared::default())
+}
+
+/// [`view`] for one object of several viewed together, which may share dependencies.
+pub fn view_sharing(graph: &Graph<Record>, id: Id, shared: &Shared) -> Option<View> {
     let node = graph.get_any(id)?;
     Some(match &node.record {
-        Record::Attach(_) => View::Attach(attach_view(graph, id)?),
-        Record::Mount(_) => View::Mount(mount_view(graph, id)?),
-        Record::Container(_) => View::Container(container_view(graph, id)?),
+        Record::Attach(_) => View::Attach(attach_view(graph, id, shared)?),
+        Record::Mount(_) => View::Mount(mount_view(graph, id, shared)?),
+        Record::Container(_) => View::Container(container_view(graph, id, shared)?),
     })
+}
+
+/// The views of the dependencies held more than once, made once for a batch of views: a list
+/// of many containers over one image describes the image once and copies it into the others.
+#[derive(Default)]
+pub struct Shared {
+    attaches: RefCell<HashMap<Id, wire::Attach>>,
+    mounts: RefCell<HashMap<Id, wire::Mount>>,
+}
+
+impl Shared {
+    fn view<W: Clone>(
+        graph: &Graph<Record>,
+        id: Id,
+        cache: &RefCell<HashMap<Id, W>>,
+        make: impl FnOnce() -> Option<W>,
+    ) -> Option<W> {
+        if refs(graph, id) <= 1 {
+            return make();
+        }
+        if let Some(view) = cache.borrow().get(&id) {
+            return Some(view.clone());
+        }
+        // Made without the cache borrowed: the view's own dependencies go through it too.
+        let view = make()?;
+        cache.borrow_mut().insert(id, view.clone());
+        Some(view)
+    }
 }
 
 fn refs(graph: &Graph<Record>, id: Id) -> i64 {
@@ -257,31 +291,40 @@ fn refs(graph: &Graph<Record>, id: Id) -> i64 {
 struct GraphDeps<'g> {
     graph: &'g Graph<Record>,
     deps: &'g [Id],
+    shared: &'g Shared,
 }
 
 impl DepViews for GraphDeps<'_> {
     fn attach(&self, index: usize) -> wire::Attach {
         let id = self.deps.get(index).copied();
-        id.and_then(|id| attach_view(self.graph, id))
-            .unwrap_or_else(|| wire::Attach {
-                id,
-                ..wire::Attach::default()
+        id.and_then(|id| {
+            Shared::view(self.graph, id, &self.shared.attaches, || {
+                attach_view(self.graph, id, self.shared)
             })
+        })
+        .unwrap_or_else(|| wire::Attach {
+            id,
+            ..wire::Attach::default()
+        })
     }
     fn mount(&self, index: usize) -> wire::Mount {
         let id = self.deps.get(index).copied();
-        id.and_then(|id| mount_view(self.graph, id))
-            .unwrap_or_else(|| wire::Mount {
-                id,
-                ..wire::Mount::default()
+        id.and_then(|id| {
+            Shared::view(self.graph, id, &self.shared.mounts, || {
+                mount_view(self.graph, id, self.shared)
             })
+        })
+        .unwrap_or_else(|| wire::Mount {
+            id,
+            ..wire::Mount::default()
+        })
     }
     fn len(&self) -> usize {
         self.deps.len()
     }
 }
 
-pub fn attach_view(graph: &Graph<Record>, id: Id) -> Option<wire::Attach> {
+fn attach_view(graph: &Graph<Record>, id: Id, shared: &Shared) -> Option<wire::Attach> {
     let node = graph.get_any(id)?;
     let Record::Attach(object) = &node.record else {
         return None;
@@ -290,18 +333,15 @@ pub fn attach_view(graph: &Graph<Record>, id: Id) -> Option<wire::Attach> {
     let deps = GraphDeps {
         graph,
         deps: &node.deps,
+        shared,
     };
     object
         .kind
-        .describe_attach(&object.spec, object.facts.as_ref(), &deps, &mut attach);
-    attach.id = Some(id);
-    attach.refs = refs(graph, id);
-    attach.kind = kind_by_name(object.kind.name());
-    attach.device_file = object.provides().map(|path| shown(&path));
+        .describe_attach(common(graph, id, object), &deps, &mut attach);
     Some(attach)
 }
 
-pub fn mount_view(graph: &Graph<Record>, id: Id) -> Option<wire::Mount> {
+fn mount_view(graph: &Graph<Record>, id: Id, shared: &Shared) -> Option<wire::Mount> {
     let node = graph.get_any(id)?;
     let Record::Mount(object) = &node.record else {
         return None;
@@ -310,27 +350,24 @@ pub fn mount_view(graph: &Graph<Record>, id: Id) -> Option<wire::Mount> {
     let deps = GraphDeps {
         graph,
         deps: &node.deps,
+        shared,
     };
     object
         .kind
-        .describe_mount(&object.spec, object.facts.as_ref(), &deps, &mut mount);
-    mount.id = Some(id);
-    mount.refs = refs(graph, id);
-    mount.kind = kind_by_name(object.kind.name());
-    mount.mountpoint = object.provides().map(|path| shown(&path));
+        .describe_mount(common(graph, id, object), &deps, &mut mount);
     Some(mount)
 }
 
-/// The wire's kind enum of a kind name (`AttachKind` or `MountKind`).
-fn kind_by_name<K: serde::de::DeserializeOwned>(name: &str) -> Option<K> {
-    serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+fn common<'r>(graph: &Graph<Record>, id: Id, object: &'r ObjectRecord) -> Common<'r> {
+    Common {
+        id,
+        refs: refs(graph, id),
+        spec: &object.spec,
+        facts: object.facts.as_ref(),
+    }
 }
 
-fn shown(path: &Path) -> String {
-    path.display().to_string()
-}
-
-pub fn container_view(graph: &Graph<Record>, id: Id) -> Option<wire::Container> {
+fn container_view(graph: &Graph<Record>, id: Id, shared: &Shared) -> Option<wire::Container> {
     let node = graph.get_any(id)?;
     let Record::Container(record) = &node.record else {
         return None;
@@ -339,16 +376,18 @@ pub fn container_view(graph: &Graph<Record>, id: Id) -> Option<wire::Container> 
         id: Some(id),
         refs: refs(graph, id),
         name: node.name.clone(),
-        mount: node.deps.first().map(|&mount| {
-            mount_view(graph, mount).unwrap_or_else(|| wire::Mount {
-                id: Some(mount),
-                ..wire::Mount::default()
-            })
+        mount: node.deps.first().map(|_| {
+            GraphDeps {
+                graph,
+                deps: &node.deps,
+                shared,
+            }
+            .mount(0)
         }),
         command: Some(record.command.clone()),
         systemd: record.systemd,
         state: Some(record.state),
-        logfile: Some(shown(&record.logfile)),
+        logfile: Some(path_text(&record.logfile)),
         namespaces: Some(record.namespaces.iter().copied().collect()),
         stop_signal: Some(signal_name(record.stop.signal)),
         stop_timeout: Some(record.stop.timeout_secs as i64),

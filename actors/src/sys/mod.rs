@@ -7,11 +7,13 @@ pub(crate) mod clone;
 pub(crate) mod fd;
 pub mod kmod;
 pub mod loopdev;
+pub mod malloc;
 pub mod mountinfo;
 pub mod mounts;
 pub(crate) mod poll;
 pub(crate) mod proc;
 pub mod rbd;
+pub mod rlimit;
 pub(crate) mod signal;
 pub(crate) mod tty;
 
