@@ -37,6 +37,7 @@ fn log_filter() -> EnvFilter {
 fn main() -> anyhow::Result<()> {
     // A container init is this binary re-executed: it must take over before any thread exists.
     actors::container::run_if_init();
+    let tunables_failed = actors::sys::malloc::reexec_with_tunables();
     // rustls needs its crypto provider chosen before any TLS configuration is built.
     server::tls::install_crypto_provider();
     let options = Options::parse();
@@ -46,6 +47,9 @@ fn main() -> anyhow::Result<()> {
     match options.log_format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().init(),
+    }
+    if let Some(error) = tunables_failed {
+        tracing::warn!(%error, "cannot execute again with the allocator's tunables");
     }
     raise_open_file_limit();
     actors::sys::malloc::return_large_frees();

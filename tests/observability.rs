@@ -393,3 +393,70 @@ fn container_states_and_start_stop_times_show_in_the_metrics() {
     svc.stop_ok();
     assert_no_leaks(svc.dir());
 }
+
+/// The service executes itself again at start with its allocator's tunables (see
+/// `actors::sys::malloc::TUNABLES`), under the pid it was started with; an operator's own
+/// `GLIBC_TUNABLES` stands.
+#[test]
+fn the_service_runs_with_its_allocator_tunables_unless_told_otherwise() {
+    let environ = |svc: &Service| {
+        std::fs::read(format!("/proc/{}/environ", svc.pid()))
+            .expect("read the service's environment")
+            .split(|b| *b == 0)
+            .map(|var| String::from_utf8_lossy(var).into_owned())
+            .filter(|var| var.starts_with("GLIBC_TUNABLES="))
+            .collect::<Vec<_>>()
+    };
+    let svc = Service::start();
+    // glibc (2.36) parses the variable in place: the environment shows its first tunable.
+    let found = environ(&svc);
+    let ours = format!("GLIBC_TUNABLES={}", actors::sys::malloc::TUNABLES);
+    assert!(
+        found.len() == 1 && found[0].contains("glibc.malloc") && ours.starts_with(&found[0]),
+        "{found:?}"
+    );
+    let args = std::fs::read(format!("/proc/{}/cmdline", svc.pid())).unwrap();
+    assert!(
+        String::from_utf8_lossy(&args).contains("--socket-path"),
+        "the arguments are kept"
+    );
+    drop(svc);
+
+    // Started by hand, as an operator who set tunables of their own would.
+    let own = "glibc.malloc.arena_max=2";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("api.sock");
+    let mut process = ServerProcess::spawn(
+        std::process::Command::new(SERVER)
+            .args(private_dirs_args(
+                &socket,
+                &dir.path().join("mounts"),
+                &dir.path().join("logs"),
+                &dir.path().join("state"),
+            ))
+            .env("GLIBC_TUNABLES", own)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+    .expect("start imageapi-server");
+    let ready = process.wait_ready(
+        &socket,
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(50),
+        || Ok(()),
+    );
+    let found = std::fs::read(format!("/proc/{}/environ", process.pid())).unwrap_or_default();
+    let stopped = process.terminate(std::time::Duration::from_secs(15));
+    assert!(ready.is_ok(), "the service did not start");
+    assert!(
+        stopped.as_ref().is_ok_and(|status| status.success()),
+        "{stopped:?}"
+    );
+    let found: Vec<String> = found
+        .split(|b| *b == 0)
+        .map(|var| String::from_utf8_lossy(var).into_owned())
+        .filter(|var| var.starts_with("GLIBC_TUNABLES="))
+        .collect();
+    assert_eq!(found, [format!("GLIBC_TUNABLES={own}")]);
+}
