@@ -62,27 +62,7 @@ fn the_package_installs_and_its_unit_runs_the_service_under_systemd() {
     let deb = package();
     let image = debian_systemd_image(&test_images_dir());
     let svc = Service::start();
-    let local_image = svc.dir().join("debian.squashfs");
-    if fs::hard_link(&image, &local_image).is_err() {
-        fs::copy(&image, &local_image).expect("copy the image");
-    }
-    let created = svc.create(
-        "container",
-        &json!({
-            "name": "node",
-            "command": "/lib/systemd/systemd",
-            "systemd": true,
-            "namespaces": ["cgroup", "ipc", "mnt", "pid", "uts"],
-            "mount": overlay(vec![squashfs_mount(&local_image)]),
-            "state": "running",
-        }),
-    );
-    assert_eq!(created["state"], "running", "{created}");
-    let log = PathBuf::from(str_of(&created, "/logfile"));
-    let node = SystemdContainer {
-        pid: init_pid(&log),
-        log,
-    };
+    let (_, node) = SystemdContainer::create(&svc, "node", &image);
     let booted = node.wait_until_booted(BOOT_TIMEOUT);
     assert_eq!(booted, "running", "{}", node.console());
 

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
 
 /// How long systemd may take to finish booting.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -34,35 +33,11 @@ fn debian_with_systemd_boots_keeps_to_its_cgroups_and_shuts_down_cleanly() {
     let host_before = hierarchies.snapshot();
 
     let svc = Service::start();
-    // Linked (or copied) into the service's dir, so that the fixture's leak checks see its loop
-    // device.
-    let local_image = svc.dir().join("debian.squashfs");
-    if fs::hard_link(&image, &local_image).is_err() {
-        fs::copy(&image, &local_image).expect("copy the image");
-    }
     let booting = Instant::now();
-    // The default namespaces (the reference's set) have no cgroup namespace, which systemd
-    // needs to see its own cgroup as the root: asked for here.
-    let created = svc.create(
-        "container",
-        &json!({
-            "name": "deb",
-            "command": "/lib/systemd/systemd",
-            "systemd": true,
-            "namespaces": ["cgroup", "ipc", "mnt", "pid", "uts"],
-            "mount": overlay(vec![squashfs_mount(&local_image)]),
-            "state": "running",
-        }),
-    );
-    assert_eq!(created["state"], "running", "{created}");
+    let (created, container) = SystemdContainer::create(&svc, "deb", &image);
     assert_eq!(created["stop_signal"], "SIGRTMIN+3", "{created}");
     let id = id_of(&created);
-    let log_path = PathBuf::from(str_of(&created, "/logfile"));
-    let pid = init_pid(&log_path);
-    let container = SystemdContainer {
-        pid,
-        log: log_path.clone(),
-    };
+    let pid = container.pid;
 
     // Boots to `running`: every unit started, none failed.
     let state = container.wait_until_booted(BOOT_TIMEOUT);

@@ -3,12 +3,14 @@
 //! boot to settle, and its console log without terminal colours.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::run_with_timeout;
+use serde_json::{json, Value};
+
+use crate::{init_pid, overlay, run_with_timeout, squashfs_mount, str_of, Service};
 
 /// How long one command run inside the container may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -22,6 +24,37 @@ pub struct SystemdContainer {
 }
 
 impl SystemdContainer {
+    /// Creates container `name` on `svc`, running systemd from the squashfs `image` (the
+    /// Debian image of [`crate::debian_systemd_image`]) on an overlay; the create's answer and
+    /// the container. The image is linked (or copied) into the service's dir first, so that
+    /// the fixture's leak checks see its loop device. The default namespaces (the reference's
+    /// set) have no cgroup namespace, which systemd needs to see its own cgroup as the root:
+    /// it is asked for.
+    pub fn create(svc: &Service, name: &str, image: &Path) -> (Value, SystemdContainer) {
+        let local_image = svc.dir().join(format!("{name}.squashfs"));
+        if fs::hard_link(image, &local_image).is_err() {
+            fs::copy(image, &local_image).expect("copy the image");
+        }
+        let created = svc.create(
+            "container",
+            &json!({
+                "name": name,
+                "command": "/lib/systemd/systemd",
+                "systemd": true,
+                "namespaces": ["cgroup", "ipc", "mnt", "pid", "uts"],
+                "mount": overlay(vec![squashfs_mount(&local_image)]),
+                "state": "running",
+            }),
+        );
+        assert_eq!(created["state"], "running", "{created}");
+        let log = PathBuf::from(str_of(&created, "/logfile"));
+        let container = SystemdContainer {
+            pid: init_pid(&log),
+            log,
+        };
+        (created, container)
+    }
+
     /// Runs `args` in all the namespaces of the init; (success, stdout and stderr).
     pub fn run_status(&self, args: &[&str]) -> (bool, String) {
         let mut cmd = Command::new("nsenter");
