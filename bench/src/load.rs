@@ -141,6 +141,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Waits for a change of the gate, or a tenth of a second (to see an abort).
+    fn wait_for_change<'a>(&self, gate: MutexGuard<'a, Gate>) -> MutexGuard<'a, Gate> {
+        self.gate_changed
+            .wait_timeout(gate, Duration::from_millis(100))
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
+    }
+
     fn aborted(&self) -> bool {
         self.abort.load(Ordering::SeqCst) || check_interrupted().is_err()
     }
@@ -152,11 +160,7 @@ impl Shared {
             gate.parked += 1;
             self.gate_changed.notify_all();
             while !gate.open && !self.aborted() {
-                gate = self
-                    .gate_changed
-                    .wait_timeout(gate, Duration::from_millis(100))
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .0;
+                gate = self.wait_for_change(gate);
             }
             gate.parked -= 1;
         }
@@ -187,11 +191,7 @@ impl Shared {
                 gate.active - gate.parked,
                 gate.active
             );
-            gate = self
-                .gate_changed
-                .wait_timeout(gate, Duration::from_millis(100))
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            gate = self.wait_for_change(gate);
         }
         Ok(())
     }
@@ -202,11 +202,7 @@ impl Shared {
         gate.warm += 1;
         self.gate_changed.notify_all();
         while !gate.started && !self.aborted() {
-            gate = self
-                .gate_changed
-                .wait_timeout(gate, Duration::from_millis(100))
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            gate = self.wait_for_change(gate);
         }
         gate.started
     }
@@ -216,11 +212,7 @@ impl Shared {
         let mut gate = lock(&self.gate);
         while gate.warm < gate.active {
             check_interrupted()?;
-            gate = self
-                .gate_changed
-                .wait_timeout(gate, Duration::from_millis(100))
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            gate = self.wait_for_change(gate);
         }
         Ok(())
     }
