@@ -147,14 +147,8 @@ fn all_mount_kinds() -> Vec<MountKind> {
 }
 
 fn all_container_states() -> Vec<ContainerState> {
-    let all = vec![
-        ContainerState::Created,
-        ContainerState::Running,
-        ContainerState::Stopping,
-        ContainerState::Exited,
-        ContainerState::Dead,
-        ContainerState::Paused,
-    ];
+    let all = ContainerState::ALL.to_vec();
+    // A new state fails to compile here: it must be added to ContainerState::ALL too.
     for state in &all {
         match state {
             ContainerState::Created
