@@ -190,6 +190,12 @@ pub trait Driver: Send + Sync + 'static {
     /// After a restart: gives back what the service made but no adopted object holds (a crash
     /// between the kernel step and its record). Blocking.
     fn sweep(&self, _host: &Host, _held: &[&Self::Facts]) {}
+
+    /// Whether a restart finds what a create of this kind made even when the store never heard
+    /// of it (a tag on the resource, [`Driver::sweep`], the clean-up of the mount dir). A create
+    /// then writes the object down only with its commit; otherwise also before and after the
+    /// kernel step, so that a crash mid-create leaves the record the next start releases it by.
+    const FOUND_WITHOUT_RECORD: bool = false;
 }
 
 type AnyValue = Arc<dyn Any + Send + Sync>;
@@ -252,6 +258,8 @@ pub trait Kind: Send + Sync + 'static {
     /// Fills the client's view of mount `id`, as [`Kind::describe_attach`] does.
     fn describe_mount(&self, view: Common<'_>, deps: &dyn DepViews, wire: &mut wire::Mount);
     fn sweep(&self, host: &Host, held: &[&Erased]);
+    /// [`Driver::FOUND_WITHOUT_RECORD`].
+    fn found_without_record(&self) -> bool;
     fn encode_spec(&self, spec: &Erased) -> serde_json::Result<serde_json::Value>;
     fn encode_facts(&self, facts: &Erased) -> serde_json::Result<serde_json::Value>;
     fn decode_spec(&self, value: serde_json::Value) -> serde_json::Result<Erased>;
@@ -381,6 +389,9 @@ impl<D: Driver> Kind for Typed<D> {
     fn sweep(&self, host: &Host, held: &[&Erased]) {
         let held: Vec<&D::Facts> = held.iter().map(|facts| self.facts(facts)).collect();
         self.0.sweep(host, &held);
+    }
+    fn found_without_record(&self) -> bool {
+        D::FOUND_WITHOUT_RECORD
     }
     fn encode_spec(&self, spec: &Erased) -> serde_json::Result<serde_json::Value> {
         serde_json::to_value(self.spec(spec))

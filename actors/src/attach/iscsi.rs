@@ -103,6 +103,8 @@ impl Driver for Iscsi {
     type Facts = IscsiFacts;
     type Resource = Session;
     const KIND: AttachKind = AttachKind::Iscsi;
+    // Its sessions go through ifaces named after the service's instance (see `sweep`).
+    const FOUND_WITHOUT_RECORD: bool = true;
 
     fn parse(
         &self,

@@ -45,6 +45,8 @@ impl Driver for Local {
     type Facts = LocalFacts;
     type Resource = ();
     const KIND: AttachKind = AttachKind::Local;
+    // It makes nothing in the kernel.
+    const FOUND_WITHOUT_RECORD: bool = true;
 
     fn parse(
         &self,

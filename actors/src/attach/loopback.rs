@@ -55,6 +55,8 @@ impl Driver for Loopback {
     type Facts = LoopbackFacts;
     type Resource = LoopDevice;
     const KIND: AttachKind = AttachKind::Loopback;
+    // Its loop devices carry the service's tag (see `sweep`).
+    const FOUND_WITHOUT_RECORD: bool = true;
 
     fn parse(
         &self,

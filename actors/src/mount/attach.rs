@@ -30,6 +30,8 @@ impl Driver for AttachFs {
     type Facts = MountFacts;
     type Resource = MountedFs;
     const KIND: MountKind = MountKind::Attach;
+    // Its mountpoint is under the mount dir, which a restart clears of what no object claims.
+    const FOUND_WITHOUT_RECORD: bool = true;
 
     fn parse(
         &self,

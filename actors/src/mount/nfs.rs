@@ -155,6 +155,8 @@ impl Driver for Nfs {
     type Facts = NfsFacts;
     type Resource = NfsMount;
     const KIND: MountKind = MountKind::Nfs;
+    // Its mountpoint is under the mount dir, which a restart clears of what no object claims.
+    const FOUND_WITHOUT_RECORD: bool = true;
 
     fn parse(&self, _: &Kinds, at: &str, wire: &Mount) -> Option<Result<Parsed<NfsSpec>, Invalid>> {
         let nfs = wire.nfs.as_ref()?;

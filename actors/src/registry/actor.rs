@@ -387,13 +387,17 @@ impl Handler<Reserve> for Registry {
         // Nothing new after a shutdown began: a releasing shutdown would not wait for it.
         self.refuse_when_shutting_down()?;
         let kind = msg.record.kind();
+        let written = msg.record.written_at_each_step();
         let id = self
             .graph
             .reserve(msg.txn, kind, msg.name, msg.record, &msg.deps)?;
-        // The intent goes to the store ahead of the kernel step, in order, without waiting for
-        // the disk: what a crash leaves unrecorded is recognised by its tag, cgroup or
-        // mountpoint at the next start (see crate::restore). The create's commit waits.
-        self.persist_unawaited();
+        // The intent goes to the store ahead of the kernel step of a kind a restart could not
+        // find without it, in order, without waiting: the create's commit waits. What the other
+        // kinds leave after a crash is recognised by its tag, cgroup or mountpoint at the next
+        // start (see crate::restore); writing them at each step would only hold up the create.
+        if written {
+            self.persist_unawaited();
+        }
         Ok(id)
     }
 }
@@ -429,9 +433,15 @@ impl Handler<Ready> for Registry {
             self.events
                 .publish(Change::Created, about, (state, None), None);
         }
-        // Written in order with the rest; the create's commit waits for it, so nobody needs to
-        // wait here (one sync fewer per object of a nested create).
-        self.persist_unawaited();
+        // As the intent: written in order with the rest, for the kinds that need it; the
+        // create's commit waits for it, so nobody needs to wait here.
+        if self
+            .graph
+            .get_any(msg.id)
+            .is_some_and(|node| node.record.written_at_each_step())
+        {
+            self.persist_unawaited();
+        }
         Ok(())
     }
 }

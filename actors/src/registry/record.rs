@@ -107,6 +107,16 @@ impl Record {
         }
     }
 
+    /// Whether a create writes this object down at each step rather than only at its commit
+    /// (see [`crate::driver::Driver::FOUND_WITHOUT_RECORD`]). A container's cgroups are found
+    /// without a record.
+    pub fn written_at_each_step(&self) -> bool {
+        match self {
+            Record::Attach(object) | Record::Mount(object) => !object.kind.found_without_record(),
+            Record::Container(_) => false,
+        }
+    }
+
     pub fn object_mut(&mut self) -> Option<&mut ObjectRecord> {
         match self {
             Record::Attach(object) | Record::Mount(object) => Some(object),

@@ -148,6 +148,9 @@ impl Driver for Uri {
     type Facts = UriFacts;
     type Resource = UriMount;
     const KIND: MountKind = MountKind::Uri;
+    // Its loop devices carry the service's tag (see `sweep`) and its mountpoint is under the
+    // mount dir, which a restart clears of what no object claims.
+    const FOUND_WITHOUT_RECORD: bool = true;
 
     fn parse(&self, _: &Kinds, at: &str, wire: &Mount) -> Option<Result<Parsed<UriSpec>, Invalid>> {
         let uri = wire.uri.as_ref()?;
