@@ -231,15 +231,17 @@ pub trait Kind: Send + Sync + 'static {
         at: &str,
         wire: &wire::Mount,
     ) -> Option<Result<(Erased, Vec<Child>), Invalid>>;
-    /// Starts the object's actor, which makes the resource on the blocking pool; answers the
-    /// actor and the facts once it has.
+    /// Starts the object's actor, which makes the resource on the blocking pool and runs
+    /// `check` on what it provides; answers the actor, the facts and the check's finding once
+    /// it has.
     fn start(
         self: Arc<Self>,
         host: Arc<Host>,
         id: Id,
         spec: Erased,
         deps: Vec<(Dep, ObjectAddr)>,
-    ) -> BoxFuture<'static, Result<(ObjectAddr, Erased), Error>>;
+        check: Option<object::Check>,
+    ) -> BoxFuture<'static, Result<Started, Error>>;
     fn adopt(&self, host: &Host, id: Id, spec: &Erased, facts: &Erased) -> Option<AdoptedResource>;
     /// Starts the actor of an adopted resource.
     fn start_adopted(
@@ -271,6 +273,14 @@ pub trait Kind: Send + Sync + 'static {
 
 /// A kind as generic code holds it.
 pub type KindRef = Arc<dyn Kind>;
+
+/// A new object, as [`Kind::start`] answers it.
+pub struct Started {
+    pub addr: ObjectAddr,
+    pub facts: Erased,
+    /// What the check asked for found (`Ok` without one).
+    pub checked: Result<(), Error>,
+}
 
 /// What generic code knows of an object it asks its kind to describe.
 #[derive(Clone, Copy)]
@@ -342,11 +352,17 @@ impl<D: Driver> Kind for Typed<D> {
         id: Id,
         spec: Erased,
         deps: Vec<(Dep, ObjectAddr)>,
-    ) -> BoxFuture<'static, Result<(ObjectAddr, Erased), Error>> {
+        check: Option<object::Check>,
+    ) -> BoxFuture<'static, Result<Started, Error>> {
         let spec = self.spec(&spec).clone();
         Box::pin(async move {
-            let (addr, facts) = object::create::<D>(self, host, id, spec, deps).await?;
-            Ok((addr, Erased(Arc::new(facts))))
+            let (addr, (facts, checked)) =
+                object::create::<D>(self, host, id, spec, deps, check).await?;
+            Ok(Started {
+                addr,
+                facts: Erased(Arc::new(facts)),
+                checked,
+            })
         })
     }
     fn adopt(&self, host: &Host, id: Id, spec: &Erased, facts: &Erased) -> Option<AdoptedResource> {

@@ -4,6 +4,7 @@
 //! addresses of the actors it depends on, so a dependency outlives every user of it; the registry
 //! decides when the resource goes and sends [`Release`].
 
+use std::path::Path;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -40,32 +41,44 @@ impl<D: Driver> Actor for ObjectActor<D> {
     }
 }
 
-/// Makes the resource; the actor stops again when that fails.
+/// A user's check of what a new object provides (a container's command in its new mount): run
+/// on the blocking thread of the kernel step, right after it, it needs no thread hop of its own.
+pub(crate) type Check = Box<dyn FnOnce(&Path) -> Result<(), Error> + Send>;
+
+/// Makes the resource, then runs `check` on it; the actor stops again when the making fails.
 struct Create<D: Driver> {
     spec: D::Spec,
     deps: Vec<Dep>,
+    check: Option<Check>,
 }
 
+/// A made resource's facts, and what the check found (`Ok` without a check).
+type Made<F> = (F, Result<(), Error>);
+
 impl<D: Driver> Message for Create<D> {
-    type Result = Result<D::Facts, Error>;
+    type Result = Result<Made<D::Facts>, Error>;
 }
 
 impl<D: Driver> Handler<Create<D>> for ObjectActor<D> {
-    type Result = AtomicResponse<Self, Result<D::Facts, Error>>;
+    type Result = AtomicResponse<Self, Result<Made<D::Facts>, Error>>;
 
     fn handle(&mut self, msg: Create<D>, _ctx: &mut Self::Context) -> Self::Result {
         let (kind, host, id) = (self.kind.clone(), self.host.clone(), self.id);
         let made = blocking(move || {
             // The driver's own lines carry the object's id through this span.
             let _object = info_span!("object", id, kind = kind_name::<D>()).entered();
-            kind.0.create(&host, id, &msg.spec, &msg.deps)
+            let (resource, facts) = kind.0.create(&host, id, &msg.spec, &msg.deps)?;
+            let checked = msg
+                .check
+                .map_or(Ok(()), |check| check(kind.0.provides(&facts)));
+            Ok((resource, (facts, checked)))
         });
         AtomicResponse::new(Box::pin(made.into_actor(self).map(
             |made, actor, ctx| match made {
-                Ok((resource, facts)) => {
+                Ok((resource, made)) => {
                     info!(id = actor.id, kind = kind_name::<D>(), "made");
                     actor.resource = Some(resource);
-                    Ok(facts)
+                    Ok(made)
                 }
                 Err(err) => {
                     actor.dependencies.clear();
@@ -81,14 +94,16 @@ fn kind_name<D: Driver>() -> &'static str {
     <D::Object as crate::driver::WireObject>::kind_name(D::KIND)
 }
 
-/// Starts the actor of a new object, which makes its resource; answers once it has.
+/// Starts the actor of a new object, which makes its resource and runs `check` on it; answers
+/// once it has.
 pub(crate) async fn create<D: Driver>(
     kind: Arc<Typed<D>>,
     host: Arc<Host>,
     id: Id,
     spec: D::Spec,
     deps: Vec<(Dep, ObjectAddr)>,
-) -> Result<(ObjectAddr, D::Facts), Error> {
+    check: Option<Check>,
+) -> Result<(ObjectAddr, Made<D::Facts>), Error> {
     let (deps, dependencies): (Vec<Dep>, Vec<ObjectAddr>) = deps.into_iter().unzip();
     let addr = ObjectActor::<D> {
         id,
@@ -98,11 +113,11 @@ pub(crate) async fn create<D: Driver>(
         dependencies,
     }
     .start();
-    let facts = addr
-        .send(Create { spec, deps })
+    let made = addr
+        .send(Create { spec, deps, check })
         .await
         .map_err(mailbox_gone)??;
-    Ok((ObjectAddr::Object(addr.recipient()), facts))
+    Ok((ObjectAddr::Object(addr.recipient()), made))
 }
 
 /// Starts the actor of a resource taken up again after a restart.

@@ -22,11 +22,11 @@ use crate::blocking::{blocking, mailbox_gone};
 use crate::container::actor::{launch_error, ChangeState, ContainerActor, ContainerPlan};
 use crate::container::timing::TARGET as TIMING;
 use crate::container::{launch, Runtime};
-use crate::driver::{Dep, Host};
+use crate::driver::{Dep, Host, Started};
 use crate::error::Error;
 use crate::model::spec::{Child, ContainerDef, Def};
 use crate::model::wire::{ContainerState, Id};
-use crate::object::ObjectAddr;
+use crate::object::{Check, ObjectAddr};
 
 /// An object that exists for the transaction: made by it, or referenced by id.
 pub(crate) struct Built {
@@ -116,17 +116,34 @@ impl Transaction {
 
     /// A nested object: held when referenced by id, else made.
     pub fn child(&self, child: Child) -> BoxFuture<'_, Result<Built, Error>> {
+        self.checked_child(child, None)
+    }
+
+    /// A nested object, as [`Transaction::child`], and `check` of what it provides: on the
+    /// blocking thread that makes it, or of its own for an object referenced by id.
+    fn checked_child(
+        &self,
+        child: Child,
+        check: Option<Check>,
+    ) -> BoxFuture<'_, Result<Built, Error>> {
         async move {
             match child {
-                Child::Existing(id, object) => self.hold(id, object).await,
-                Child::New(def) => self.object(*def).await,
+                Child::Existing(id, object) => {
+                    let held = self.hold(id, object).await?;
+                    if let Some(check) = check {
+                        let provides = held.dep()?.path;
+                        blocking(move || check(&provides)).await?;
+                    }
+                    Ok(held)
+                }
+                Child::New(def) => self.object(*def, check).await,
             }
         }
         .boxed()
     }
 
-    /// An attachment or mount of any kind: its children, then its own kernel step.
-    async fn object(&self, def: Def) -> Result<Built, Error> {
+    /// An attachment or mount of any kind: its children, then its own kernel step and `check`.
+    async fn object(&self, def: Def, check: Option<Check>) -> Result<Built, Error> {
         let Def {
             kind,
             spec,
@@ -144,9 +161,13 @@ impl Transaction {
             .map(|dep| Ok((dep.dep()?, dep.addr)))
             .collect::<Result<Vec<_>, Error>>()?;
         let started = Instant::now();
-        let (addr, facts) = kind
+        let Started {
+            addr,
+            facts,
+            checked,
+        } = kind
             .clone()
-            .start(self.host.clone(), id, spec.clone(), inputs)
+            .start(self.host.clone(), id, spec.clone(), inputs, check)
             .await?;
         debug!(target: TIMING, id, kind = kind.name(), step_us = started.elapsed().as_micros() as u64, "object made");
         let mut record = Record::of_object(kind, spec);
@@ -154,12 +175,20 @@ impl Transaction {
             object.facts = Some(facts);
         }
         debug!(id, provides = ?record.provides(), "made");
-        self.ready(id, record, addr).await
+        let built = self.ready(id, record, addr).await?;
+        // Ready first: the failed check's abort then releases the object like any other.
+        checked?;
+        Ok(built)
     }
 
     /// A container on its mount; started too when the request asks for `state: running`.
     pub async fn container(&self, def: ContainerDef) -> Result<Built, Error> {
-        let mount = self.child(def.mount.clone()).await?;
+        let argv0 = def.argv[0].clone();
+        let check_command: Check =
+            Box::new(move |root| launch::check_init(root, &argv0).map_err(launch_error));
+        let mount = self
+            .checked_child(def.mount.clone(), Some(check_command))
+            .await?;
         let mut record = ContainerRecord {
             command: def.command.clone(),
             systemd: def.systemd,
@@ -183,9 +212,6 @@ impl Transaction {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
         let rootfs = mount.dep()?.path;
-        let argv0 = def.argv[0].clone();
-        let checked_root = rootfs.clone();
-        blocking(move || launch::check_init(&checked_root, &argv0).map_err(launch_error)).await?;
         let plan = ContainerPlan::of_record(id, def.name.as_deref(), &record, rootfs);
         let actor = ContainerActor::start(
             id,
