@@ -416,6 +416,7 @@ pub struct Ready {
 impl Handler<Ready> for Registry {
     type Result = Result<(), Error>;
     fn handle(&mut self, msg: Ready, _: &mut Self::Context) -> Self::Result {
+        let written = msg.record.written_at_each_step();
         let Some(record) = self.graph.record_mut(msg.id) else {
             return Err(self.gone(msg.id));
         };
@@ -435,11 +436,7 @@ impl Handler<Ready> for Registry {
         }
         // As the intent: written in order with the rest, for the kinds that need it; the
         // create's commit waits for it, so nobody needs to wait here.
-        if self
-            .graph
-            .get_any(msg.id)
-            .is_some_and(|node| node.record.written_at_each_step())
-        {
+        if written {
             self.persist_unawaited();
         }
         Ok(())
