@@ -15,7 +15,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -212,8 +211,18 @@ impl Erased {
     }
 }
 
-/// A resource taken up again at a restart, its type erased until its actor owns it.
-pub struct AdoptedResource(Box<dyn Any + Send>);
+/// A kernel resource, its type erased until its actor owns it: made by a create, or taken up
+/// again at a restart.
+pub struct Resource(Box<dyn Any + Send>);
+
+impl Resource {
+    fn into_typed<D: Driver>(self) -> D::Resource {
+        *self
+            .0
+            .downcast::<D::Resource>()
+            .expect("a resource goes back to its own kind")
+    }
+}
 
 /// One kind, its driver's types erased: what generic code holds.
 pub trait Kind: Send + Sync + 'static {
@@ -231,28 +240,27 @@ pub trait Kind: Send + Sync + 'static {
         at: &str,
         wire: &wire::Mount,
     ) -> Option<Result<(Erased, Vec<Child>), Invalid>>;
-    /// Starts the object's actor, which makes the resource on the blocking pool and runs
-    /// `check` on what it provides; answers the actor, the facts and the check's finding once
-    /// it has.
-    fn start(
+    /// Makes the kernel resource of object `id` (the driver's [`Driver::create`]). Blocking.
+    fn make(
+        &self,
+        host: &Host,
+        id: Id,
+        spec: &Erased,
+        deps: &[Dep],
+    ) -> Result<(Resource, Erased), Error>;
+    fn adopt(&self, host: &Host, id: Id, spec: &Erased, facts: &Erased) -> Option<Resource>;
+    /// Starts the actor that owns `resource` from now on, and holds `deps`, the actors of what
+    /// it uses.
+    fn start_actor(
         self: Arc<Self>,
         host: Arc<Host>,
         id: Id,
-        spec: Erased,
-        deps: Vec<(Dep, ObjectAddr)>,
-        check: Option<object::Check>,
-    ) -> BoxFuture<'static, Result<Started, Error>>;
-    fn adopt(&self, host: &Host, id: Id, spec: &Erased, facts: &Erased) -> Option<AdoptedResource>;
-    /// Starts the actor of an adopted resource.
-    fn start_adopted(
-        self: Arc<Self>,
-        host: Arc<Host>,
-        id: Id,
-        resource: AdoptedResource,
+        resource: Resource,
         deps: Vec<ObjectAddr>,
     ) -> ObjectAddr;
-    /// Gives back an adopted resource no object keeps any more. Blocking.
-    fn release_adopted(&self, host: &Host, resource: AdoptedResource) -> Result<(), Error>;
+    /// Gives back a resource no actor owns: adopted but kept by no object, or made by a create
+    /// that failed before its actor started. Blocking.
+    fn release_unowned(&self, host: &Host, resource: Resource, force: bool) -> Result<(), Error>;
     fn provides(&self, facts: &Erased) -> PathBuf;
     /// Fills the client's view of attachment `id`: its kind's sub-object and the fields every
     /// kind shares (id, refs, kind, device file).
@@ -273,14 +281,6 @@ pub trait Kind: Send + Sync + 'static {
 
 /// A kind as generic code holds it.
 pub type KindRef = Arc<dyn Kind>;
-
-/// A new object, as [`Kind::start`] answers it.
-pub struct Started {
-    pub addr: ObjectAddr,
-    pub facts: Erased,
-    /// What the check asked for found (`Ok` without one).
-    pub checked: Result<(), Error>,
-}
 
 /// What generic code knows of an object it asks its kind to describe.
 #[derive(Clone, Copy)]
@@ -346,48 +346,32 @@ impl<D: Driver> Kind for Typed<D> {
         let own = as_own::<_, D::Object>(wire)?;
         Some(self.0.parse(kinds, at, own)?.map(Self::erase))
     }
-    fn start(
-        self: Arc<Self>,
-        host: Arc<Host>,
+    fn make(
+        &self,
+        host: &Host,
         id: Id,
-        spec: Erased,
-        deps: Vec<(Dep, ObjectAddr)>,
-        check: Option<object::Check>,
-    ) -> BoxFuture<'static, Result<Started, Error>> {
-        let spec = self.spec(&spec).clone();
-        Box::pin(async move {
-            let (addr, (facts, checked)) =
-                object::create::<D>(self, host, id, spec, deps, check).await?;
-            Ok(Started {
-                addr,
-                facts: Erased(Arc::new(facts)),
-                checked,
-            })
-        })
+        spec: &Erased,
+        deps: &[Dep],
+    ) -> Result<(Resource, Erased), Error> {
+        let (resource, facts) = self.0.create(host, id, self.spec(spec), deps)?;
+        Ok((Resource(Box::new(resource)), Erased(Arc::new(facts))))
     }
-    fn adopt(&self, host: &Host, id: Id, spec: &Erased, facts: &Erased) -> Option<AdoptedResource> {
+    fn adopt(&self, host: &Host, id: Id, spec: &Erased, facts: &Erased) -> Option<Resource> {
         let resource = self.0.adopt(host, id, self.spec(spec), self.facts(facts))?;
-        Some(AdoptedResource(Box::new(resource)))
+        Some(Resource(Box::new(resource)))
     }
-    fn start_adopted(
+    fn start_actor(
         self: Arc<Self>,
         host: Arc<Host>,
         id: Id,
-        resource: AdoptedResource,
+        resource: Resource,
         deps: Vec<ObjectAddr>,
     ) -> ObjectAddr {
-        let resource = *resource
-            .0
-            .downcast::<D::Resource>()
-            .expect("an adopted resource goes back to its own kind");
-        object::adopted::<D>(self, host, id, resource, deps)
+        let resource = resource.into_typed::<D>();
+        object::start::<D>(self, host, id, resource, deps)
     }
-    fn release_adopted(&self, host: &Host, resource: AdoptedResource) -> Result<(), Error> {
-        let resource = *resource
-            .0
-            .downcast::<D::Resource>()
-            .expect("an adopted resource goes back to its own kind");
-        self.0.release(host, resource, true)
+    fn release_unowned(&self, host: &Host, resource: Resource, force: bool) -> Result<(), Error> {
+        self.0.release(host, resource.into_typed::<D>(), force)
     }
     fn provides(&self, facts: &Erased) -> PathBuf {
         self.0.provides(self.facts(facts)).to_path_buf()

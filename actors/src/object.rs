@@ -1,18 +1,18 @@
-//! The actor of one attachment or mount: it makes its kernel resource, owns it, and gives it back.
+//! The actor of one attachment or mount: it owns its kernel resource and gives it back.
 //!
-//! The actor makes the resource in its own start path (on the blocking pool) and holds the
-//! addresses of the actors it depends on, so a dependency outlives every user of it; the registry
-//! decides when the resource goes and sends [`Release`].
+//! A create makes the resources of one request on one blocking thread (see
+//! `registry::build`) and starts each one's actor as soon as they are made; the actor holds the
+//! addresses of the actors it depends on, so a dependency outlives every user of it. The
+//! registry decides when the resource goes and sends [`Release`].
 
-use std::path::Path;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use tracing::{info, info_span, warn};
 
-use crate::blocking::{blocking, mailbox_gone};
+use crate::blocking::blocking;
 use crate::container::actor::ContainerActor;
-use crate::driver::{Dep, Driver, Host, Typed};
+use crate::driver::{Driver, Host, Typed};
 use crate::error::Error;
 use crate::model::wire::Id;
 
@@ -41,87 +41,13 @@ impl<D: Driver> Actor for ObjectActor<D> {
     }
 }
 
-/// A user's check of what a new object provides (a container's command in its new mount): run
-/// on the blocking thread of the kernel step, right after it, it needs no thread hop of its own.
-pub(crate) type Check = Box<dyn FnOnce(&Path) -> Result<(), Error> + Send>;
-
-/// Makes the resource, then runs `check` on it; the actor stops again when the making fails.
-struct Create<D: Driver> {
-    spec: D::Spec,
-    deps: Vec<Dep>,
-    check: Option<Check>,
-}
-
-/// A made resource's facts, and what the check found (`Ok` without a check).
-type Made<F> = (F, Result<(), Error>);
-
-impl<D: Driver> Message for Create<D> {
-    type Result = Result<Made<D::Facts>, Error>;
-}
-
-impl<D: Driver> Handler<Create<D>> for ObjectActor<D> {
-    type Result = AtomicResponse<Self, Result<Made<D::Facts>, Error>>;
-
-    fn handle(&mut self, msg: Create<D>, _ctx: &mut Self::Context) -> Self::Result {
-        let (kind, host, id) = (self.kind.clone(), self.host.clone(), self.id);
-        let made = blocking(move || {
-            // The driver's own lines carry the object's id through this span.
-            let _object = info_span!("object", id, kind = kind_name::<D>()).entered();
-            let (resource, facts) = kind.0.create(&host, id, &msg.spec, &msg.deps)?;
-            let checked = msg
-                .check
-                .map_or(Ok(()), |check| check(kind.0.provides(&facts)));
-            Ok((resource, (facts, checked)))
-        });
-        AtomicResponse::new(Box::pin(made.into_actor(self).map(
-            |made, actor, ctx| match made {
-                Ok((resource, made)) => {
-                    info!(id = actor.id, kind = kind_name::<D>(), "made");
-                    actor.resource = Some(resource);
-                    Ok(made)
-                }
-                Err(err) => {
-                    actor.dependencies.clear();
-                    ctx.stop();
-                    Err(err)
-                }
-            },
-        )))
-    }
-}
-
 fn kind_name<D: Driver>() -> &'static str {
     <D::Object as crate::driver::WireObject>::kind_name(D::KIND)
 }
 
-/// Starts the actor of a new object, which makes its resource and runs `check` on it; answers
-/// once it has.
-pub(crate) async fn create<D: Driver>(
-    kind: Arc<Typed<D>>,
-    host: Arc<Host>,
-    id: Id,
-    spec: D::Spec,
-    deps: Vec<(Dep, ObjectAddr)>,
-    check: Option<Check>,
-) -> Result<(ObjectAddr, Made<D::Facts>), Error> {
-    let (deps, dependencies): (Vec<Dep>, Vec<ObjectAddr>) = deps.into_iter().unzip();
-    let addr = ObjectActor::<D> {
-        id,
-        kind,
-        host,
-        resource: None,
-        dependencies,
-    }
-    .start();
-    let made = addr
-        .send(Create { spec, deps, check })
-        .await
-        .map_err(mailbox_gone)??;
-    Ok((ObjectAddr::Object(addr.recipient()), made))
-}
-
-/// Starts the actor of a resource taken up again after a restart.
-pub(crate) fn adopted<D: Driver>(
+/// Starts the actor that owns `resource` from now on: made by a create, or taken up again after
+/// a restart.
+pub(crate) fn start<D: Driver>(
     kind: Arc<Typed<D>>,
     host: Arc<Host>,
     id: Id,

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::container::process::Init;
 use crate::container::{Cgroup, Runtime};
-use crate::driver::{AdoptedResource, Erased, Host, KindRef, Kinds};
+use crate::driver::{Erased, Host, KindRef, Kinds, Resource};
 use crate::model::wire::{ContainerState, Id};
 use crate::mount::scratch_of;
 use crate::object::ObjectAddr;
@@ -25,7 +25,7 @@ use crate::sys::mounts;
 /// A kernel resource found again, for its actor to own.
 pub enum Adopted {
     /// An attachment or mount, with the facts it was found by.
-    Object(KindRef, Erased, AdoptedResource),
+    Object(KindRef, Erased, Resource),
     /// A container; with its init when that is still running.
     Container(Option<Init>),
 }
@@ -173,7 +173,7 @@ fn find(host: &Host, runtime: &Arc<Runtime>, id: Id, record: &Record) -> Option<
 /// Gives back a resource that no object keeps any more.
 fn release(host: &Host, id: Id, resource: Adopted) {
     let released = match resource {
-        Adopted::Object(kind, _, resource) => kind.release_adopted(host, resource),
+        Adopted::Object(kind, _, resource) => kind.release_unowned(host, resource, true),
         Adopted::Container(Some(init)) => {
             // Dropping an adopted init kills it.
             drop(init);
@@ -261,7 +261,7 @@ pub fn start_actors(
             .collect();
         let addr = match (resource, &node.record) {
             (Adopted::Object(kind, _, resource), _) => {
-                kind.start_adopted(host.clone(), id, resource, deps)
+                kind.start_actor(host.clone(), id, resource, deps)
             }
             (Adopted::Container(init), Record::Container(container)) => {
                 let Some(mount) = deps.into_iter().next() else {

@@ -120,14 +120,26 @@ pub fn print(floor: &Floor, service: &ServiceFigures, times: &ServiceTimes) {
     let made = |kind: &'static str, offset| {
         times.samples(ids, ("object made", Some(kind), offset), "step")
     };
+    let objects: Vec<Duration> = (floor.attach.iter().zip(&floor.mount).zip(&floor.overlay))
+        .map(|((attach, mount), overlay)| *attach + *mount + *overlay)
+        .collect();
     line(
-        "loop attach (service: object actor, blocking thread, attach)",
+        "the 3 objects (service: one blocking thread hop, the steps, the command check)",
+        &objects,
+        &times.samples(ids, ("objects made", None, 1), "objects"),
+    );
+    line(
+        "  of which loop attach",
         &floor.attach,
         &made("loopback", 3),
     );
-    line("mount squashfs", &floor.mount, &made("attach", 2));
     line(
-        "overlay (dirs + mount)",
+        "  of which mount squashfs",
+        &floor.mount,
+        &made("attach", 2),
+    );
+    line(
+        "  of which overlay (dirs + mount)",
         &floor.overlay,
         &made("overlay", 1),
     );

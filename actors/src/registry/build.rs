@@ -1,19 +1,21 @@
 //! Creates (possibly nested) objects, bottom-up, inside one registry transaction.
 //!
-//! The walk knows no kind: each definition names its kind's driver and its children. Children
-//! are built (or, when referenced by id, held) first; then the object is reserved in the registry
-//! (which gives it its id, so ids come out bottom-up) and its kind starts its actor, which makes
-//! the kernel resource. Any failure aborts the transaction, which releases everything the request
-//! made and shows none of it.
+//! The walk knows no kind: each definition names its kind's driver and its children. It goes
+//! depth-first: children referenced by id are held, and each new object is reserved in the
+//! registry after its children (which gives it its id, so ids come out bottom-up). Then the
+//! kernel steps of all new objects run in that order on one blocking thread, since each thread
+//! hop costs a wake-up of another CPU (tens of microseconds on a VM, see the README's Benchmark
+//! section), and each resource goes to the actor that owns it from then on. Any failure aborts
+//! the transaction, which releases everything the request made and shows none of it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::Addr;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tracing::debug;
+use tracing::{debug, info, info_span, warn};
 
 use super::actor::{Hold, Ready, Registry, Reserve};
 use super::graph::{GraphError, ObjectKind, TxnId};
@@ -22,11 +24,11 @@ use crate::blocking::{blocking, mailbox_gone};
 use crate::container::actor::{launch_error, ChangeState, ContainerActor, ContainerPlan};
 use crate::container::timing::TARGET as TIMING;
 use crate::container::{launch, Runtime};
-use crate::driver::{Dep, Host, Started};
+use crate::driver::{Dep, Erased, Host, KindRef, Resource};
 use crate::error::Error;
 use crate::model::spec::{Child, ContainerDef, Def};
 use crate::model::wire::{ContainerState, Id};
-use crate::object::{Check, ObjectAddr};
+use crate::object::ObjectAddr;
 
 /// An object that exists for the transaction: made by it, or referenced by id.
 pub(crate) struct Built {
@@ -81,24 +83,22 @@ impl Transaction {
         &self,
         name: Option<String>,
         record: Record,
-        deps: &[Built],
+        deps: &[Id],
     ) -> Result<Id, Error> {
         self.registry
             .send(Reserve {
                 txn: self.txn,
                 name,
                 record,
-                deps: deps.iter().map(|dep| dep.id).collect(),
+                deps: deps.to_vec(),
             })
             .await
             .map_err(mailbox_gone)?
     }
 
-    /// Registers the finished object; if the registry no longer wants it, gives its resource back.
-    async fn ready(&self, id: Id, record: Record, addr: ObjectAddr) -> Result<Built, Error> {
-        let provides = record.provides();
-        let accepted = self
-            .registry
+    /// Registers a finished object with its actor; refused when the registry no longer wants it.
+    async fn register(&self, id: Id, record: Record, addr: &ObjectAddr) -> Result<(), Error> {
+        self.registry
             .send(Ready {
                 id,
                 record,
@@ -106,8 +106,13 @@ impl Transaction {
             })
             .await
             .map_err(mailbox_gone)
-            .and_then(|answer| answer);
-        if let Err(err) = accepted {
+            .and_then(|answer| answer)
+    }
+
+    /// Registers the finished object; if the registry no longer wants it, gives its resource back.
+    async fn ready(&self, id: Id, record: Record, addr: ObjectAddr) -> Result<Built, Error> {
+        let provides = record.provides();
+        if let Err(err) = self.register(id, record, &addr).await {
             let _ = addr.release(true).await;
             return Err(err);
         }
@@ -116,69 +121,126 @@ impl Transaction {
 
     /// A nested object: held when referenced by id, else made.
     pub fn child(&self, child: Child) -> BoxFuture<'_, Result<Built, Error>> {
-        self.checked_child(child, None)
+        self.checked_child(child, None).boxed()
     }
 
     /// A nested object, as [`Transaction::child`], and `check` of what it provides: on the
-    /// blocking thread that makes it, or of its own for an object referenced by id.
-    fn checked_child(
-        &self,
-        child: Child,
-        check: Option<Check>,
-    ) -> BoxFuture<'_, Result<Built, Error>> {
-        async move {
-            match child {
-                Child::Existing(id, object) => {
-                    let held = self.hold(id, object).await?;
-                    if let Some(check) = check {
-                        let provides = held.dep()?.path;
-                        blocking(move || check(&provides)).await?;
-                    }
-                    Ok(held)
+    /// blocking thread that makes it, or on one of its own for an object referenced by id.
+    async fn checked_child(&self, child: Child, check: Option<Check>) -> Result<Built, Error> {
+        let mut steps = Vec::new();
+        let top = self.plan(child, &mut steps).await?;
+        let top = match top {
+            Planned::Held(held) => {
+                if let Some(check) = check {
+                    let provides = held.dep()?.path;
+                    blocking(move || check(&provides)).await?;
                 }
-                Child::New(def) => self.object(*def, check).await,
+                return Ok(held);
             }
+            Planned::Made(top) => top,
+        };
+        let started = Instant::now();
+        let host = self.host.clone();
+        let (steps, made, checked) = blocking(move || make_all(&host, steps, check)).await?;
+        let (id, objects) = (steps[top].id, steps.len());
+        debug!(target: TIMING, id, objects, objects_us = started.elapsed().as_micros() as u64, "objects made");
+        let mut built = self.ready_all(steps, made).await?;
+        // Ready first: the failed check's abort then releases the objects like any other.
+        checked?;
+        Ok(built.swap_remove(top))
+    }
+
+    /// Walks a definition depth-first: holds what it references by id, and reserves each new
+    /// object after its children (so ids come out bottom-up), adding its kernel step to `steps`.
+    fn plan<'t>(
+        &'t self,
+        child: Child,
+        steps: &'t mut Vec<Step>,
+    ) -> BoxFuture<'t, Result<Planned, Error>> {
+        async move {
+            let def = match child {
+                Child::Existing(id, object) => {
+                    return Ok(Planned::Held(self.hold(id, object).await?))
+                }
+                Child::New(def) => *def,
+            };
+            let Def {
+                kind,
+                spec,
+                children,
+            } = def;
+            let mut inputs = Vec::with_capacity(children.len());
+            for child in children {
+                inputs.push(match self.plan(child, steps).await? {
+                    Planned::Held(held) => Input::Held(held),
+                    Planned::Made(step) => Input::Made(step),
+                });
+            }
+            let deps: Vec<Id> = inputs
+                .iter()
+                .map(|input| match input {
+                    Input::Held(held) => held.id,
+                    Input::Made(step) => steps[*step].id,
+                })
+                .collect();
+            let id = self
+                .reserve(None, Record::of_object(kind.clone(), spec.clone()), &deps)
+                .await?;
+            steps.push(Step {
+                id,
+                kind,
+                spec,
+                inputs,
+            });
+            Ok(Planned::Made(steps.len() - 1))
         }
         .boxed()
     }
 
-    /// An attachment or mount of any kind: its children, then its own kernel step and `check`.
-    async fn object(&self, def: Def, check: Option<Check>) -> Result<Built, Error> {
-        let Def {
-            kind,
-            spec,
-            children,
-        } = def;
-        let mut deps = Vec::with_capacity(children.len());
-        for child in children {
-            deps.push(self.child(child).await?);
+    /// Gives each made resource to its actor and registers the objects in the order they were
+    /// made; if the registry no longer wants one, gives it and those after it back.
+    async fn ready_all(
+        &self,
+        steps: Vec<Step>,
+        made: Vec<(Resource, Erased)>,
+    ) -> Result<Vec<Built>, Error> {
+        let mut objects: Vec<Built> = Vec::with_capacity(steps.len());
+        let mut records = Vec::with_capacity(steps.len());
+        for (step, (resource, facts)) in steps.into_iter().zip(made) {
+            let deps = step
+                .inputs
+                .iter()
+                .map(|input| match input {
+                    Input::Held(held) => held.addr.clone(),
+                    Input::Made(index) => objects[*index].addr.clone(),
+                })
+                .collect();
+            let addr = step
+                .kind
+                .clone()
+                .start_actor(self.host.clone(), step.id, resource, deps);
+            let mut record = Record::of_object(step.kind, step.spec);
+            if let Some(object) = record.object_mut() {
+                object.facts = Some(facts);
+            }
+            objects.push(Built {
+                id: step.id,
+                provides: record.provides(),
+                addr,
+            });
+            records.push(record);
         }
-        let id = self
-            .reserve(None, Record::of_object(kind.clone(), spec.clone()), &deps)
-            .await?;
-        let inputs = deps
-            .into_iter()
-            .map(|dep| Ok((dep.dep()?, dep.addr)))
-            .collect::<Result<Vec<_>, Error>>()?;
-        let started = Instant::now();
-        let Started {
-            addr,
-            facts,
-            checked,
-        } = kind
-            .clone()
-            .start(self.host.clone(), id, spec.clone(), inputs, check)
-            .await?;
-        debug!(target: TIMING, id, kind = kind.name(), step_us = started.elapsed().as_micros() as u64, "object made");
-        let mut record = Record::of_object(kind, spec);
-        if let Some(object) = record.object_mut() {
-            object.facts = Some(facts);
+        for (index, record) in records.into_iter().enumerate() {
+            let built = &objects[index];
+            if let Err(err) = self.register(built.id, record, &built.addr).await {
+                // Users first: the registry's abort releases those it has already taken.
+                for built in objects[index..].iter().rev() {
+                    let _ = built.addr.release(true).await;
+                }
+                return Err(err);
+            }
         }
-        debug!(id, provides = ?record.provides(), "made");
-        let built = self.ready(id, record, addr).await?;
-        // Ready first: the failed check's abort then releases the object like any other.
-        checked?;
-        Ok(built)
+        Ok(objects)
     }
 
     /// A container on its mount; started too when the request asks for `state: running`.
@@ -199,11 +261,13 @@ impl Transaction {
             exit_code: None,
             init: None,
         };
-        let deps = [mount];
         let id = self
-            .reserve(def.name.clone(), Record::Container(record.clone()), &deps)
+            .reserve(
+                def.name.clone(),
+                Record::Container(record.clone()),
+                &[mount.id],
+            )
             .await?;
-        let [mount] = deps;
         // Ids start again with a new service run; the random part keeps an earlier run's log.
         record.logfile = self.log_dir.join(format!(
             "{}-{}-{}.log",
@@ -237,4 +301,75 @@ impl Transaction {
         }
         Ok(built)
     }
+}
+
+/// A user's check of what a new object provides (a container's command in its new mount): run
+/// on the blocking thread of the kernel steps, right after them, it needs no thread hop of its
+/// own.
+pub(crate) type Check = Box<dyn FnOnce(&Path) -> Result<(), Error> + Send>;
+
+/// An object of the request: referenced by id and held, or made by a step of the plan.
+enum Planned {
+    Held(Built),
+    Made(usize),
+}
+
+/// What a kernel step uses: an object held for the request, or the one an earlier step makes.
+enum Input {
+    Held(Built),
+    Made(usize),
+}
+
+/// The kernel step of one reserved object, planned before any of the request's is taken.
+struct Step {
+    id: Id,
+    kind: KindRef,
+    spec: Erased,
+    inputs: Vec<Input>,
+}
+
+/// What [`make_all`] gives back: the steps, what each made, and what the check found.
+type MadeAll = (Vec<Step>, Vec<(Resource, Erased)>, Result<(), Error>);
+
+/// Takes the kernel steps of a request in order on this (blocking) thread, then runs `check` on
+/// what the last one provides: one thread hop for the whole request, however deep it nests. A
+/// failed step gives back what the steps before it made, users first, and fails the request.
+fn make_all(host: &Host, steps: Vec<Step>, check: Option<Check>) -> Result<MadeAll, Error> {
+    let mut made: Vec<(Resource, Erased)> = Vec::with_capacity(steps.len());
+    for step in &steps {
+        let _object = info_span!("object", id = step.id, kind = step.kind.name()).entered();
+        let started = Instant::now();
+        let deps = step
+            .inputs
+            .iter()
+            .map(|input| match input {
+                Input::Held(held) => held.dep(),
+                Input::Made(index) => Ok(Dep {
+                    id: steps[*index].id,
+                    path: steps[*index].kind.provides(&made[*index].1),
+                }),
+            })
+            .collect::<Result<Vec<Dep>, Error>>();
+        match deps.and_then(|deps| step.kind.make(host, step.id, &step.spec, &deps)) {
+            Ok(resource) => {
+                debug!(target: TIMING, id = step.id, kind = step.kind.name(), step_us = started.elapsed().as_micros() as u64, "object made");
+                info!(id = step.id, kind = step.kind.name(), "made");
+                made.push(resource);
+            }
+            Err(err) => {
+                drop(_object);
+                for (step, (resource, _)) in steps.iter().zip(made).rev() {
+                    if let Err(err) = step.kind.release_unowned(host, resource, true) {
+                        warn!(id = step.id, error = %err, "cannot give back what a failed create made");
+                    }
+                }
+                return Err(err);
+            }
+        }
+    }
+    let checked = match (check, steps.last(), made.last()) {
+        (Some(check), Some(top), Some((_, facts))) => check(&top.kind.provides(facts)),
+        _ => Ok(()),
+    };
+    Ok((steps, made, checked))
 }
