@@ -2,10 +2,14 @@
 //! every flag it documents is accepted with the same name, environment variable, default and
 //! value syntax (Go durations such as `30s` or `1m30s`, sizes such as `1MiB`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, ValueEnum};
+
+/// The file name of the container init program the package installs.
+pub const INIT_PROGRAM: &str = "imageapi-init";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
 pub enum Scheme {
@@ -140,6 +144,12 @@ pub struct Options {
           value_parser = clap::value_parser!(usize))]
     pub event_buffer: usize,
 
+    /// The program container inits run: imageapi-init, a small binary of its own that sets up
+    /// the container and executes its command [default: imageapi-init next to this binary, or
+    /// in ../libexec/imageapi/ from its directory, as the package installs it].
+    #[arg(long, value_name = "PATH")]
+    pub init_program: Option<PathBuf>,
+
     /// Release every object at exit instead of leaving them for the next start to adopt.
     #[arg(long)]
     pub cleanup_on_exit: bool,
@@ -236,6 +246,35 @@ impl Options {
             listen_limit: (listen_limit > 0).then_some(listen_limit),
             max_header_size: self.max_header_size,
         }
+    }
+
+    /// The init program: `--init-program`, or where the package or a cargo build puts it.
+    pub fn init_program(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.init_program {
+            anyhow::ensure!(
+                path.is_file(),
+                "the init program {} (--init-program) is not a file",
+                path.display()
+            );
+            return Ok(path.clone());
+        }
+        let own = std::env::current_exe().context("finding this program's path")?;
+        let dir = own.parent().unwrap_or(Path::new("/"));
+        let candidates = [
+            dir.join(INIT_PROGRAM),
+            dir.join("../libexec/imageapi").join(INIT_PROGRAM),
+        ];
+        candidates
+            .iter()
+            .find(|path| path.is_file())
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "no init program: neither {} nor {} exists (give --init-program)",
+                    candidates[0].display(),
+                    candidates[1].display()
+                )
+            })
     }
 
     /// The flags of uri mounts.

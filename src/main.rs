@@ -35,8 +35,6 @@ fn log_filter() -> EnvFilter {
 }
 
 fn main() -> anyhow::Result<()> {
-    // A container init is this binary re-executed: it must take over before any thread exists.
-    actors::container::run_if_init();
     let tunables_failed = actors::sys::malloc::reexec_with_tunables();
     // rustls needs its crypto provider chosen before any TLS configuration is built.
     server::tls::install_crypto_provider();
@@ -55,8 +53,9 @@ fn main() -> anyhow::Result<()> {
     actors::sys::malloc::return_large_frees();
     // Listeners first, while the process has one thread: a wrong flag, a busy port or a bad
     // certificate stops the service before it touches the host.
+    let init_program = options.init_program()?;
     let bound = server::bind(&options)?;
-    actix_web::rt::System::new().block_on(serve(options, bound))
+    actix_web::rt::System::new().block_on(serve(options, bound, init_program))
 }
 
 /// Lifts the soft limit of open files: see [`actors::sys::rlimit::raise_open_files`].
@@ -68,7 +67,11 @@ fn raise_open_file_limit() {
     }
 }
 
-async fn serve(options: Options, bound: server::Bound) -> anyhow::Result<()> {
+async fn serve(
+    options: Options,
+    bound: server::Bound,
+    init_program: std::path::PathBuf,
+) -> anyhow::Result<()> {
     let mut signals =
         signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let engine = Engine::start(EngineConfig {
@@ -78,6 +81,7 @@ async fn serve(options: Options, bound: server::Bound) -> anyhow::Result<()> {
         cleanup_on_exit: options.cleanup_on_exit,
         uri: options.uri(),
         event_buffer: options.event_buffer,
+        init_program,
     })
     .await
     .context("starting the engine")?;

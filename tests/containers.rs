@@ -420,3 +420,28 @@ fn a_delete_racing_a_start_never_kills_the_new_init() {
     assert_eq!(deleted.status, 200, "{deleted}");
     svc.assert_empty();
 }
+
+#[test]
+fn the_service_refuses_to_start_without_its_init_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-init");
+    let refused = std::process::Command::new(SERVER)
+        .args(test_support::server::private_dirs_args(
+            &dir.path().join("api.sock"),
+            &dir.path().join("mounts"),
+            &dir.path().join("logs"),
+            &dir.path().join("state"),
+        ))
+        .arg("--init-program")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("init program") && stderr.contains("no-such-init"),
+        "{stderr}"
+    );
+    // It stopped before it listened or made anything.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -111,6 +111,7 @@ fn the_package_installs_and_its_unit_runs_the_service_under_systemd() {
     for path in [
         "/usr/bin/imageapi-server",
         "/usr/bin/imageapi",
+        "/usr/libexec/imageapi/imageapi-init",
         "/etc/default/imageapi",
         "/usr/share/man/man1/imageapi.1.gz",
         "/usr/share/man/man1/imageapi-container.1.gz",

@@ -15,7 +15,7 @@ use futures::FutureExt;
 
 use crate::blocking::{mailbox_gone, off_event_loop};
 use crate::container::timing::TARGET as TIMING;
-use crate::container::Runtime;
+use crate::container::{InitProgram, Runtime};
 use crate::driver::{Host, Kinds};
 use crate::metrics::{Metrics, Operation};
 use crate::model::wire::{Attach, AttachKind, Container, ContainerState, Id, Mount, MountKind};
@@ -45,6 +45,8 @@ pub struct EngineConfig {
     pub uri: crate::mount::uri::UriConfig,
     /// How many of the latest events are kept for subscribers that resume.
     pub event_buffer: usize,
+    /// The program container inits run (see [`crate::container::InitProgram`]).
+    pub init_program: PathBuf,
 }
 
 /// Why the engine could not start.
@@ -131,7 +133,7 @@ impl Engine {
         };
         // Orphans re-parented to the service are reaped from the start, not from the first
         // container.
-        let runtime = Runtime::new(&instance)?;
+        let runtime = Runtime::new(&instance, InitProgram::new(config.init_program.clone()))?;
         let host = Arc::new(Host {
             mount_dir: std::mem::take(&mut config.mount_dir),
             instance: instance.clone(),

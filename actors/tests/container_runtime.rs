@@ -18,7 +18,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actors::container::{
-    check_init, launch, run_if_init, ExitStatus, Init, InitConfig, LaunchError, Runtime,
+    check_init, launch, run_if_init, ExitStatus, Init, InitConfig, InitProgram, LaunchError,
+    Runtime,
 };
 use actors::model::wire::Namespace;
 use tempfile::TempDir;
@@ -223,7 +224,14 @@ impl Image {
 /// The runtime most tests launch into, as a service's engine would make it.
 fn runtime() -> &'static Arc<Runtime> {
     static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
-    RUNTIME.get_or_init(|| Runtime::new(&format!("test{}", std::process::id())).unwrap())
+    RUNTIME.get_or_init(|| {
+        Runtime::new(&format!("test{}", std::process::id()), this_program()).unwrap()
+    })
+}
+
+/// This test binary as the init program: its `main` calls `run_if_init()` first.
+fn this_program() -> InitProgram {
+    InitProgram::new(std::env::current_exe().unwrap())
 }
 
 /// Container ids that cannot clash with a running service's (which start at 1).
@@ -884,7 +892,7 @@ fn two_runtimes_in_one_process_keep_apart() {
     ];
     let runtimes = instances
         .each_ref()
-        .map(|instance| Runtime::new(instance).unwrap());
+        .map(|instance| Runtime::new(instance, this_program()).unwrap());
     // Each exits on its own with a code of its own, while the other runtime's reaper, woken by
     // the same SIGCHLD, scans the same children.
     let inits = [(&runtimes[0], 3), (&runtimes[1], 4)].map(|(runtime, code)| {

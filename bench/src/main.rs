@@ -120,8 +120,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // The container runtime re-executes this binary as the container init.
-    actors::container::run_if_init();
     let args = Args::parse();
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
@@ -169,6 +167,12 @@ fn run(args: &Args) -> Result<()> {
         server.is_file(),
         "service binary {} not found: build it first (cargo build --release --workspace)",
         server.display()
+    );
+    let init_program = floor_init_program()?;
+    ensure!(
+        init_program.is_file(),
+        "the floor's init program {} not found: build it first (cargo build --release --workspace)",
+        init_program.display()
     );
 
     // Dropped last: unmounts, detaches and removes whatever is left under it.
@@ -1619,13 +1623,23 @@ fn stop_all(client: &mut Client, ids: &[i64], stops: &mut Vec<Duration>) -> Resu
     }
 }
 
+/// The init program of the floor's launches: the service's, `imageapi-init` next to this
+/// executable.
+fn floor_init_program() -> io::Result<PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name("imageapi-init"))
+}
+
 /// The in-process containers' runtime, made at the first launch, as an engine makes its own.
 fn container_runtime() -> &'static std::sync::Arc<actors::container::Runtime> {
     static RUNTIME: std::sync::OnceLock<std::sync::Arc<actors::container::Runtime>> =
         std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
-        actors::container::Runtime::new(&format!("bench{}", std::process::id()))
-            .expect("starting the container runtime")
+        let init_program = floor_init_program().expect("finding this executable");
+        actors::container::Runtime::new(
+            &format!("bench{}", std::process::id()),
+            actors::container::InitProgram::new(init_program),
+        )
+        .expect("starting the container runtime")
     })
 }
 

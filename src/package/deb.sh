@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the Debian package target/debian/imageapi_<version>_<arch>.deb: both binaries (release
+# Builds the Debian package target/debian/imageapi_<version>_<arch>.deb: the three binaries (release
 # profile), the systemd unit, /etc/default/imageapi, man pages and shell completions (generated
 # here by the freshly built `imageapi`). Installs cargo-deb into target/tools when it is missing.
 set -euo pipefail
@@ -15,7 +15,7 @@ if ! cargo deb --version >/dev/null 2>&1; then
   cargo_deb=(target/tools/bin/cargo-deb)
 fi
 
-cargo build --release --bin imageapi-server --bin imageapi
+cargo build --release --bin imageapi-server --bin imageapi --bin imageapi-init
 # Generated assets go under ./target whatever CARGO_TARGET_DIR says: cargo-deb reads them by
 # the paths in Cargo.toml.
 assets=target/package

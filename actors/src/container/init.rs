@@ -1,4 +1,4 @@
-//! The container init: the service binary re-executed by [`super::launch()`] as PID 1 of the new
+//! The container init: the init program (`imageapi-init`) executed by [`super::launch()`] as PID 1 of the new
 //! namespaces. It is single-threaded and owns nothing of the service, so unlike the clone child
 //! it may allocate and take its time: it reads its spec, joins a cgroup namespace, builds the
 //! root (see the `rootfs` module), sets the host name, and executes the payload in its place.
@@ -24,7 +24,7 @@ use super::spec::{
 use crate::sys::fd::{claim_inherited, close_inherited_from, set_cloexec};
 use crate::sys::signal::reset_all_to_default;
 
-/// Call it first thing in the service's `main`, before any thread or runtime starts: when the
+/// Call it first thing in the init program's `main`, before any thread or runtime starts: when the
 /// process was started as a container init (`argv[1]` is the private marker), it builds the
 /// container and executes the payload, and never returns. Otherwise it returns at once.
 pub fn run_if_init() {

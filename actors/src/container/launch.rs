@@ -4,7 +4,7 @@
 //! 1. it checks what the client is to blame for (the command, the namespaces) before touching
 //!    the kernel, so that those come back as rejections;
 //! 2. it writes the init's spec to a memfd and creates the container's cgroups (the first
-//!    launch also makes the init program, a sealed copy of the service binary);
+//!    launch also makes the sealed copy of the init program, see [`InitProgram`]);
 //! 3. it takes a detached copy of the image's mount tree and, on the launcher thread (whose
 //!    mount namespace holds no container's mounts: the `launcher` module), clones the child into
 //!    the new namespaces and its cgroup2 cgroup (the `clone` module); the child waits;
@@ -43,9 +43,6 @@ use crate::sys::beneath::{fd_path, open_resolved};
 use crate::sys::clone::{Child, ChildPlan, ParentEnds};
 use crate::sys::poll::poll;
 use crate::sys::proc::Stat;
-
-/// The service binary, whose `main` starts with [`super::run_if_init`]: the init program.
-const SELF_EXE: &str = "/proc/self/exe";
 
 /// How long the init may take to set up the container and execute the payload.
 const INIT_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -255,7 +252,7 @@ pub fn launch_timed(
         .iter()
         .fold(0, |flags, ns| flags | clone_flag(*ns));
     times.prepare = lap.lap();
-    let program = init_program()?;
+    let program = runtime.init_program().sealed()?;
     times.program = lap.lap();
     let image = open_tree(CWD, &config.rootfs, image_tree_flags()).map_err(kernel(format!(
         "copy the mount of {}",
@@ -290,31 +287,57 @@ pub fn launch_timed(
     }
 }
 
-/// The init program: a sealed in-memory copy of the service binary, made once. While the init
-/// runs it, `/proc/<init>/exe` points to the program, and a container process that got hold of
-/// it (say, through a payload script starting `#!/proc/self/exe`) could otherwise write to the
-/// service binary on the host (CVE-2019-5736). A sealed memfd cannot be written. One copy
-/// serves every [`Runtime`] of the process: it never changes, and holds nothing of an engine.
-fn init_program() -> Result<BorrowedFd<'static>, LaunchError> {
-    static PROGRAM: OnceLock<OwnedFd> = OnceLock::new();
-    if let Some(fd) = PROGRAM.get() {
-        return Ok(fd.as_fd());
+/// The program every init of a [`Runtime`] runs: a binary whose `main` starts with
+/// [`super::run_if_init`] (the service's `imageapi-init`, or a test binary), executed from a
+/// sealed in-memory copy made at the first launch. While the init runs it,
+/// `/proc/<init>/exe` points to the program, and a container process that got hold of it (say,
+/// through a payload script starting `#!/proc/self/exe`) could otherwise write to the binary on
+/// the host (CVE-2019-5736). A sealed memfd cannot be written.
+///
+/// A small program of its own rather than the service binary: the kernel maps and the loader
+/// relocates the whole binary at each exec, and the service's is twenty times the size.
+#[derive(Debug)]
+pub struct InitProgram {
+    path: PathBuf,
+    sealed: OnceLock<OwnedFd>,
+}
+
+impl InitProgram {
+    pub fn new(path: PathBuf) -> InitProgram {
+        InitProgram {
+            path,
+            sealed: OnceLock::new(),
+        }
     }
-    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-    // MFD_EXEC keeps the copy executable where vm.memfd_noexec asks for it; older kernels
-    // (before 6.3) do not know the flag, and all their memfds are executable.
-    let memfd = match memfd_create("imageapi-init", flags | MemfdFlags::EXEC) {
-        Err(Errno::INVAL) => memfd_create("imageapi-init", flags),
-        other => other,
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
-    .map_err(kernel("create the init program's memfd"))?;
-    let mut copy = File::from(memfd);
-    File::open(SELF_EXE)
-        .and_then(|mut binary| io::copy(&mut binary, &mut copy))
-        .map_err(kernel("copy the service binary for the init"))?;
-    let seals = SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE;
-    fcntl_add_seals(&copy, seals).map_err(kernel("seal the init program"))?;
-    Ok(PROGRAM.get_or_init(|| copy.into()).as_fd())
+
+    /// The sealed copy, made at the first call.
+    pub(crate) fn sealed(&self) -> Result<BorrowedFd<'_>, LaunchError> {
+        if let Some(fd) = self.sealed.get() {
+            return Ok(fd.as_fd());
+        }
+        let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+        // MFD_EXEC keeps the copy executable where vm.memfd_noexec asks for it; older kernels
+        // (before 6.3) do not know the flag, and all their memfds are executable.
+        let memfd = match memfd_create("imageapi-init", flags | MemfdFlags::EXEC) {
+            Err(Errno::INVAL) => memfd_create("imageapi-init", flags),
+            other => other,
+        }
+        .map_err(kernel("create the init program's memfd"))?;
+        let mut copy = File::from(memfd);
+        File::open(&self.path)
+            .and_then(|mut binary| io::copy(&mut binary, &mut copy))
+            .map_err(kernel(format!(
+                "copy the init program {}",
+                self.path.display()
+            )))?;
+        let seals = SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE;
+        fcntl_add_seals(&copy, seals).map_err(kernel("seal the init program"))?;
+        Ok(self.sealed.get_or_init(|| copy.into()).as_fd())
+    }
 }
 
 /// A recursive copy of a mount tree, as a descriptor (not inherited by other children).

@@ -1,8 +1,8 @@
 //! The thread every container init is cloned from, in a mount namespace of its own that holds
 //! only what an init needs before its pivot: a tmpfs root with the host's `/proc`, `/dev` and
 //! `/sys` (and their sub-mounts) bound in, and, read-only and without their sub-mounts, the
-//! host directories the dynamic loader reads to execute the init program (a copy of the
-//! service binary): `/usr`, `/etc`, the `/lib*` ones, and those of every file the service has
+//! host directories the dynamic loader reads to execute the init program (a copy of
+//! `imageapi-init`, which links a subset of the service's libraries): `/usr`, `/etc`, the `/lib*` ones, and those of every file the service has
 //! mapped (its libraries, wherever the distribution keeps them). Top-level symbolic links of
 //! the host (`/lib64 -> usr/lib64`) are copied as links.
 //!

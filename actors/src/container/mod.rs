@@ -2,9 +2,9 @@
 //!
 //! - [`launch()`] starts an init from a root directory, in new namespaces and its own cgroups, and
 //!   returns an [`Init`] to signal, freeze, thaw and [`wait`](Init::wait) for.
-//! - [`run_if_init`] must be the first call of the service's `main`: the init is (a sealed
-//!   in-memory copy of) the service binary, executed with a private marker, and does its setup
-//!   there.
+//! - [`run_if_init`] must be the first call of the init program's `main` (`imageapi-init`, see
+//!   [`InitProgram`]): the init is (a sealed in-memory copy of) it, executed with a private
+//!   marker, and does its setup there.
 //! - [`Runtime`] is what one engine's containers share (cgroup instance, reaper, launcher);
 //!   the engine makes one and passes it down.
 //!
@@ -33,7 +33,7 @@ pub(crate) mod timing;
 pub use cgroup::{Cgroup, CgroupError};
 pub use console::reattach_console;
 pub use init::run_if_init;
-pub use launch::{check_init, launch, launch_timed, InitConfig, LaunchError};
+pub use launch::{check_init, launch, launch_timed, InitConfig, InitProgram, LaunchError};
 pub use process::{ExitStatus, Init};
 pub use reaper::ReaperError;
 pub use runtime::{Runtime, RuntimeError};

@@ -5,12 +5,12 @@
 //! These are values the engine owns and passes down, not process-wide state, so that two
 //! engines (say, two tests in one process) never see each other's containers. What the kernel
 //! keeps per process (children, the subreaper flag, SIGCHLD) is shared out as the `reaper`
-//! module describes. The init program (a sealed copy of the service binary, see
-//! [`super::launch()`]) stays process-wide: it is immutable and the same for every engine.
+//! module describes. The init program is the engine's too (see [`InitProgram`]).
 
 use std::sync::Arc;
 
 use super::cgroup::{CgroupError, ServiceCgroups};
+use super::launch::InitProgram;
 use super::launcher::Launcher;
 use super::reaper::{Reaper, ReaperError};
 
@@ -32,20 +32,27 @@ pub struct Runtime {
     cgroups: ServiceCgroups,
     reaper: Reaper,
     launcher: Launcher,
+    init_program: InitProgram,
 }
 
 impl Runtime {
     /// Makes the process a child subreaper, starts this runtime's reaper and finds the cgroup
     /// hierarchies. `instance` names the runtime's cgroups (`imageapi/<instance>-<id>`): the
-    /// state store's instance name, so that a restarted service finds them again.
-    pub fn new(instance: &str) -> Result<Arc<Runtime>, RuntimeError> {
+    /// state store's instance name, so that a restarted service finds them again. Inits run
+    /// `init_program`.
+    pub fn new(instance: &str, init_program: InitProgram) -> Result<Arc<Runtime>, RuntimeError> {
         let cgroups = ServiceCgroups::read(instance)?;
         let reaper = Reaper::start()?;
         Ok(Arc::new(Runtime {
             cgroups,
             reaper,
             launcher: Launcher::default(),
+            init_program,
         }))
+    }
+
+    pub(crate) fn init_program(&self) -> &InitProgram {
+        &self.init_program
     }
 
     /// The name of container `id`'s cgroup directory below `<hierarchy>/imageapi/`.

@@ -1,6 +1,6 @@
 //! What the service hands to a container init, and what the init answers when it fails.
 //!
-//! The service re-executes its own binary as the init (see [`super::init`]). Between the two
+//! The service executes its init program as the init (see [`super::init`]). Between the two
 //! processes there are exactly four channels, on fixed descriptor numbers in the init:
 //! - [`SPEC_FD`]: a memfd holding the [`InitSpec`] as JSON;
 //! - [`REPORT_FD`]: the write end of a close-on-exec pipe. End of file without a byte means the

@@ -13,7 +13,7 @@ pub struct LaunchTimes {
     /// The checks of the configuration and of the command inside the image, the console (for
     /// systemd) and the spec memfd.
     pub prepare: Duration,
-    /// The init program: the sealed copy of the binary, made by the first launch only.
+    /// The init program: its sealed copy, made by the first launch only.
     pub program: Duration,
     /// The detached copy of the image's mount tree (`open_tree`).
     pub image: Duration,

@@ -229,6 +229,8 @@ fn with_engine(test: impl AsyncFnOnce(Engine, Calls)) {
         cleanup_on_exit: true,
         uri: Default::default(),
         event_buffer: crate::events::DEFAULT_BUFFER,
+        // These walks start no container.
+        init_program: PathBuf::from("/nonexistent"),
     };
     actix_rt::System::new().block_on(async move {
         let engine = Engine::start_with(config, kinds).await.unwrap();
@@ -326,6 +328,8 @@ fn two_engines_in_one_process_share_nothing() {
             cleanup_on_exit: true,
             uri: Default::default(),
             event_buffer: crate::events::DEFAULT_BUFFER,
+            // These walks start no container.
+            init_program: PathBuf::from("/nonexistent"),
         };
         let kinds = Kinds::default().with(FakeDevice(calls.clone()));
         let second = Engine::start_with(config, kinds).await.unwrap();

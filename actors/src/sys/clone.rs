@@ -4,7 +4,7 @@
 //! a program (another thread may have held the allocator's lock at the moment of the clone), so
 //! everything it needs is prepared beforehand in a [`ChildPlan`]. The child waits for the service
 //! to finish placing it (cgroups, user namespace maps), moves its descriptors to fixed numbers
-//! and executes the init program (the service binary), which does the real work
+//! and executes the init program (`imageapi-init`), which does the real work
 //! single-threaded.
 
 use std::ffi::{c_char, CString};
