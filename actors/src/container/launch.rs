@@ -310,10 +310,6 @@ impl InitProgram {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The sealed copy, made at the first call.
     pub(crate) fn sealed(&self) -> Result<BorrowedFd<'_>, LaunchError> {
         if let Some(fd) = self.sealed.get() {

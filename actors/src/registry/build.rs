@@ -171,16 +171,13 @@ impl Transaction {
             } = def;
             let mut inputs = Vec::with_capacity(children.len());
             for child in children {
-                inputs.push(match self.plan(child, steps).await? {
-                    Planned::Held(held) => Input::Held(held),
-                    Planned::Made(step) => Input::Made(step),
-                });
+                inputs.push(self.plan(child, steps).await?);
             }
             let deps: Vec<Id> = inputs
                 .iter()
                 .map(|input| match input {
-                    Input::Held(held) => held.id,
-                    Input::Made(step) => steps[*step].id,
+                    Planned::Held(held) => held.id,
+                    Planned::Made(step) => steps[*step].id,
                 })
                 .collect();
             let id = self
@@ -211,8 +208,8 @@ impl Transaction {
                 .inputs
                 .iter()
                 .map(|input| match input {
-                    Input::Held(held) => held.addr.clone(),
-                    Input::Made(index) => objects[*index].addr.clone(),
+                    Planned::Held(held) => held.addr.clone(),
+                    Planned::Made(index) => objects[*index].addr.clone(),
                 })
                 .collect();
             let addr = step
@@ -308,14 +305,9 @@ impl Transaction {
 /// own.
 pub(crate) type Check = Box<dyn FnOnce(&Path) -> Result<(), Error> + Send>;
 
-/// An object of the request: referenced by id and held, or made by a step of the plan.
+/// An object of the request (or one a kernel step uses): referenced by id and held, or made by
+/// a step of the plan.
 enum Planned {
-    Held(Built),
-    Made(usize),
-}
-
-/// What a kernel step uses: an object held for the request, or the one an earlier step makes.
-enum Input {
     Held(Built),
     Made(usize),
 }
@@ -325,7 +317,7 @@ struct Step {
     id: Id,
     kind: KindRef,
     spec: Erased,
-    inputs: Vec<Input>,
+    inputs: Vec<Planned>,
 }
 
 /// What [`make_all`] gives back: the steps, what each made, and what the check found.
@@ -343,8 +335,8 @@ fn make_all(host: &Host, steps: Vec<Step>, check: Option<Check>) -> Result<MadeA
             .inputs
             .iter()
             .map(|input| match input {
-                Input::Held(held) => held.dep(),
-                Input::Made(index) => Ok(Dep {
+                Planned::Held(held) => held.dep(),
+                Planned::Made(index) => Ok(Dep {
                     id: steps[*index].id,
                     path: steps[*index].kind.provides(&made[*index].1),
                 }),
