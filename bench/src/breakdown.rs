@@ -100,7 +100,7 @@ fn cell(samples: &[Duration]) -> String {
 fn line(name: &str, floor: &[Duration], service: &[Duration]) {
     let _ = writeln!(
         io::stdout(),
-        "  {name:<60} {:>9} {:>9}",
+        "  {name:<66} {:>9} {:>9}",
         cell(floor),
         cell(service)
     );
@@ -111,7 +111,7 @@ fn line(name: &str, floor: &[Duration], service: &[Duration]) {
 pub fn print(floor: &Floor, service: &ServiceFigures, times: &ServiceTimes) {
     let _ = writeln!(
         io::stdout(),
-        "\nWhere the time goes: medians per step over the measured cycles (µs); the service's from its timing log\n  {:<60} {:>9} {:>9}",
+        "\nWhere the time goes: medians per step over the measured cycles (µs); the service's from its timing log\n  {:<66} {:>9} {:>9}",
         "step",
         "floor",
         "service"
@@ -123,32 +123,38 @@ pub fn print(floor: &Floor, service: &ServiceFigures, times: &ServiceTimes) {
     let objects: Vec<Duration> = (floor.attach.iter().zip(&floor.mount).zip(&floor.overlay))
         .map(|((attach, mount), overlay)| *attach + *mount + *overlay)
         .collect();
-    line(
-        "the 3 objects (service: one blocking thread hop, the steps, the command check)",
-        &objects,
-        &times.samples(ids, ("objects made", None, 1), "objects"),
-    );
-    line(
-        "  of which loop attach",
-        &floor.attach,
-        &made("loopback", 3),
-    );
-    line(
-        "  of which mount squashfs",
-        &floor.mount,
-        &made("attach", 2),
-    );
-    line(
-        "  of which overlay (dirs + mount)",
-        &floor.overlay,
-        &made("overlay", 1),
-    );
     let launch = |field: &str| times.samples(ids, ("launch timing", None, 0), field);
     let steps = |part: fn(&LaunchTimes) -> Duration| -> Vec<Duration> {
         floor.launch_steps.iter().map(part).collect()
     };
+    let objects_and_launch: Vec<Duration> = objects
+        .iter()
+        .zip(&floor.launch_steps)
+        .map(|(objects, launch)| *objects + launch.total())
+        .collect();
     line(
-        "launch() until the payload runs",
+        "the create's blocking thread (hop, 3 objects, launch())",
+        &objects_and_launch,
+        &times.samples(ids, ("create job done", None, 1), "job"),
+    );
+    line("  of which the 3 objects", &objects, &[]);
+    line(
+        "    of which loop attach",
+        &floor.attach,
+        &made("loopback", 3),
+    );
+    line(
+        "    of which mount squashfs",
+        &floor.mount,
+        &made("attach", 2),
+    );
+    line(
+        "    of which overlay (dirs + mount)",
+        &floor.overlay,
+        &made("overlay", 1),
+    );
+    line(
+        "  of which launch() until the payload runs",
         &steps(|t| t.total()),
         &launch("total"),
     );
@@ -173,11 +179,15 @@ pub fn print(floor: &Floor, service: &ServiceFigures, times: &ServiceTimes) {
         ),
     ];
     for (name, field, part) in parts {
-        line(&format!("  of which {name}"), &steps(part), &launch(field));
+        line(
+            &format!("    of which {name}"),
+            &steps(part),
+            &launch(field),
+        );
     }
     let container = |message: &str, field: &str| times.samples(ids, (message, None, 0), field);
     line(
-        "container start (actor message, blocking thread, launch())",
+        "the container actor takes the running init (message)",
         &[],
         &container("container started", "start"),
     );

@@ -49,6 +49,10 @@ pub struct StateChanged {
     pub init: Option<(i32, u64)>,
 }
 
+/// What a launch gave: the running init, or why it did not start (the init's fault or the
+/// kernel's); the outer error is the service's own (the console log cannot be opened).
+pub(crate) type Launched = Result<Result<Init, LaunchError>, Error>;
+
 /// What a container runs, fixed at create.
 #[derive(Clone)]
 pub struct ContainerPlan {
@@ -227,49 +231,59 @@ impl ContainerActor {
         })
     }
 
+    /// Opens the console log and launches the init of container `id`: blocking, so on a
+    /// blocking thread (the actor's own for a start, the create's for a create that starts it).
+    pub(crate) fn launch_init(runtime: &Arc<Runtime>, id: Id, plan: &ContainerPlan) -> Launched {
+        let config = Self::init_config(id, plan)?;
+        Ok(launch::launch(runtime, config))
+    }
+
     fn launch(&mut self) -> ResponseActFuture<Self, Result<ContainerState, Error>> {
         let runtime = self.runtime.clone();
         let (id, plan) = (self.id, self.plan.clone());
-        let launched = off_event_loop(move || {
-            let config = Self::init_config(id, &plan)?;
-            Ok(launch::launch(&runtime, config))
-        });
-        Box::pin(launched.into_actor(self).then(|joined, actor, ctx| {
-            let launched = match joined {
-                None => Err(Error::ShuttingDown),
-                Some(Err(err)) => Err(err),
-                Some(Ok(launched)) => Ok(launched),
-            };
-            let launched = match launched {
-                Ok(launched) => launched,
-                Err(err) => return Box::pin(fut::ready(Err(err))) as ResponseActFuture<_, _>,
-            };
-            match launched {
-                Ok(init) => {
-                    let init = Arc::new(init);
-                    actor.log_line(&format!(
-                        "started {:?} as pid {}",
-                        actor.plan.argv,
-                        init.pid()
-                    ));
-                    info!(id = actor.id, pid = init.pid(), "container running");
-                    actor.init = Some(init.clone());
-                    actor.stop_requested = false;
-                    actor.set_state(ContainerState::Running, None);
-                    actor.launches += 1;
-                    actor.watch(init, ctx);
-                    Box::pin(fut::ready(Ok(ContainerState::Running)))
-                }
-                Err(err) => {
-                    // As for an init that ended: dead only once the log says why.
-                    let written = actor.log.written(format!("failed to start: {err}"));
-                    Box::pin(written.into_actor(actor).map(move |(), actor, _| {
-                        actor.set_state(ContainerState::Dead, None);
-                        Err(launch_error(err))
-                    }))
-                }
+        let launched = off_event_loop(move || Self::launch_init(&runtime, id, &plan));
+        Box::pin(
+            launched.into_actor(self).then(|joined, actor, ctx| {
+                actor.took(joined.unwrap_or(Err(Error::ShuttingDown)), ctx)
+            }),
+        )
+    }
+
+    /// Makes a launched init the container's, or records why it did not start.
+    fn took(
+        &mut self,
+        launched: Launched,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<ContainerState, Error>> {
+        let launched = match launched {
+            Ok(launched) => launched,
+            Err(err) => return Box::pin(fut::ready(Err(err))),
+        };
+        match launched {
+            Ok(init) => {
+                let init = Arc::new(init);
+                self.log_line(&format!(
+                    "started {:?} as pid {}",
+                    self.plan.argv,
+                    init.pid()
+                ));
+                info!(id = self.id, pid = init.pid(), "container running");
+                self.init = Some(init.clone());
+                self.stop_requested = false;
+                self.set_state(ContainerState::Running, None);
+                self.launches += 1;
+                self.watch(init, ctx);
+                Box::pin(fut::ready(Ok(ContainerState::Running)))
             }
-        }))
+            Err(err) => {
+                // As for an init that ended: dead only once the log says why.
+                let written = self.log.written(format!("failed to start: {err}"));
+                Box::pin(written.into_actor(self).map(move |(), actor, _| {
+                    actor.set_state(ContainerState::Dead, None);
+                    Err(launch_error(err))
+                }))
+            }
+        }
     }
 
     /// Waits (on the pidfd, no polling) for the init to end, then records how it ended.
@@ -531,6 +545,43 @@ impl Handler<ChangeState> for ContainerActor {
                 unreachable!("a state change is never a removal")
             }
         }
+    }
+}
+
+/// The create that made this container launched its init too, on the blocking thread of its
+/// kernel steps (one thread hop fewer, see registry/build.rs): the actor takes it as the start
+/// it would have made itself, and answers as [`ChangeState`] to `running` does.
+#[derive(Message)]
+#[rtype(result = "Result<ContainerState, Error>")]
+pub(crate) struct TakeLaunched(pub Launched);
+
+impl Handler<TakeLaunched> for ContainerActor {
+    type Result = AtomicResponse<Self, Result<ContainerState, Error>>;
+
+    fn handle(
+        &mut self,
+        TakeLaunched(launched): TakeLaunched,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
+        let fresh = !self.retired && self.state == ContainerState::Created && self.launches == 0;
+        if !fresh {
+            // Only a container its create has not given out yet takes one; an init that
+            // arrives otherwise is a bug, and is killed (off the event loop, a cgroup write).
+            warn!(
+                id = self.id,
+                state = self.state.as_str(),
+                "a launched init arrived after the create"
+            );
+            if let Ok(Ok(init)) = launched {
+                actix_rt::task::spawn_blocking(move || drop(init));
+            }
+            return AtomicResponse::new(Box::pin(fut::ready(Err(Error::ContainerBusy {
+                id: self.id,
+                state: self.state,
+                hint: "the container was started already",
+            }))));
+        }
+        AtomicResponse::new(self.took(launched, ctx))
     }
 }
 

@@ -3,9 +3,10 @@
 //! The walk knows no kind: each definition names its kind's driver and its children. It goes
 //! depth-first: children referenced by id are held, and each new object is reserved in the
 //! registry after its children (which gives it its id, so ids come out bottom-up). Then the
-//! kernel steps of all new objects run in that order on one blocking thread, since each thread
-//! hop costs a wake-up of another CPU (tens of microseconds on a VM, see the README's Benchmark
-//! section), and each resource goes to the actor that owns it from then on. Any failure aborts
+//! kernel steps of all new objects run in that order on one blocking thread (a container's
+//! command check and the launch of its init too), since each thread hop costs a wake-up of
+//! another CPU (tens of microseconds on a VM, see the README's Benchmark section), and each
+//! resource goes to the actor that owns it from then on. Any failure aborts
 //! the transaction, which releases everything the request made and shows none of it.
 
 use std::path::{Path, PathBuf};
@@ -20,8 +21,10 @@ use tracing::{debug, info, info_span, warn};
 use super::actor::{Hold, Ready, Registry, Reserve};
 use super::graph::{GraphError, ObjectKind, TxnId};
 use super::record::{ContainerRecord, Record};
-use crate::blocking::{blocking, mailbox_gone};
-use crate::container::actor::{launch_error, ChangeState, ContainerActor, ContainerPlan};
+use crate::blocking::{blocking, mailbox_gone, off_event_loop};
+use crate::container::actor::{
+    launch_error, ContainerActor, ContainerPlan, Launched, TakeLaunched,
+};
 use crate::container::timing::TARGET as TIMING;
 use crate::container::{launch, Runtime};
 use crate::driver::{Dep, Erased, Host, KindRef, Resource};
@@ -121,33 +124,46 @@ impl Transaction {
 
     /// A nested object: held when referenced by id, else made.
     pub fn child(&self, child: Child) -> BoxFuture<'_, Result<Built, Error>> {
-        self.checked_child(child, None).boxed()
-    }
-
-    /// A nested object, as [`Transaction::child`], and `check` of what it provides: on the
-    /// blocking thread that makes it, or on one of its own for an object referenced by id.
-    async fn checked_child(&self, child: Child, check: Option<Check>) -> Result<Built, Error> {
-        let mut steps = Vec::new();
-        let top = self.plan(child, &mut steps).await?;
-        let top = match top {
-            Planned::Held(held) => {
-                if let Some(check) = check {
-                    let provides = held.dep()?.path;
-                    blocking(move || check(&provides)).await?;
-                }
+        async move {
+            let mut steps = Vec::new();
+            let top = self.plan(child, &mut steps).await?;
+            if let Planned::Held(held) = top {
                 return Ok(held);
             }
-            Planned::Made(top) => top,
-        };
+            let built = self.build(top, steps, |_| ()).await;
+            built.map(|(top, ())| top).map_err(|(err, _)| err)
+        }
+        .boxed()
+    }
+
+    /// Takes the planned kernel steps, then `then` on what the top object provides, all on one
+    /// blocking thread, and readies what the steps made. What `then` gave comes back also when
+    /// the objects could not be readied (with the error), for the caller to dispose of.
+    async fn build<T: Send + 'static>(
+        &self,
+        top: Planned,
+        steps: Vec<Step>,
+        then: impl FnOnce(&Path) -> T + Send + 'static,
+    ) -> Result<(Built, T), (Error, Option<T>)> {
         let started = Instant::now();
         let host = self.host.clone();
-        let (steps, made, checked) = blocking(move || make_all(&host, steps, check)).await?;
-        let (id, objects) = (steps[top].id, steps.len());
-        debug!(target: TIMING, id, objects, objects_us = started.elapsed().as_micros() as u64, "objects made");
-        let mut built = self.ready_all(steps, made).await?;
-        // Ready first: the failed check's abort then releases the objects like any other.
-        checked?;
-        Ok(built.swap_remove(top))
+        let job = blocking(move || make_all(&host, steps, top, then)).await;
+        let (steps, made, top, then) = match job {
+            Ok(done) => done,
+            Err(err) => return Err((err, None)),
+        };
+        let top = match top {
+            Planned::Held(held) => held,
+            Planned::Made(top) => {
+                let (id, objects) = (steps[top].id, steps.len());
+                debug!(target: TIMING, id, objects, job_us = started.elapsed().as_micros() as u64, "create job done");
+                match self.ready_all(steps, made).await {
+                    Ok(mut built) => built.swap_remove(top),
+                    Err(err) => return Err((err, Some(then))),
+                }
+            }
+        };
+        Ok((top, then))
     }
 
     /// Walks a definition depth-first: holds what it references by id, and reserves each new
@@ -240,14 +256,16 @@ impl Transaction {
         Ok(objects)
     }
 
-    /// A container on its mount; started too when the request asks for `state: running`.
+    /// A container on its mount; started too when the request asks for `state: running`. The
+    /// command check and the launch of the init run on the blocking thread of the mount's
+    /// kernel steps, right after them: no thread hop of their own.
     pub async fn container(&self, def: ContainerDef) -> Result<Built, Error> {
-        let argv0 = def.argv[0].clone();
-        let check_command: Check =
-            Box::new(move |root| launch::check_init(root, &argv0).map_err(launch_error));
-        let mount = self
-            .checked_child(def.mount.clone(), Some(check_command))
-            .await?;
+        let mut steps = Vec::new();
+        let mount = self.plan(def.mount.clone(), &mut steps).await?;
+        let mount_id = match &mount {
+            Planned::Held(held) => held.id,
+            Planned::Made(top) => steps[*top].id,
+        };
         let mut record = ContainerRecord {
             command: def.command.clone(),
             systemd: def.systemd,
@@ -262,7 +280,7 @@ impl Transaction {
             .reserve(
                 def.name.clone(),
                 Record::Container(record.clone()),
-                &[mount.id],
+                &[mount_id],
             )
             .await?;
         // Ids start again with a new service run; the random part keeps an earlier run's log.
@@ -272,8 +290,28 @@ impl Transaction {
             id,
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ));
-        let rootfs = mount.dep()?.path;
-        let plan = ContainerPlan::of_record(id, def.name.as_deref(), &record, rootfs);
+        let (name, planned, argv0) = (def.name.clone(), record.clone(), def.argv[0].clone());
+        let runtime = def.start.then(|| self.runtime.clone());
+        let built = self
+            .build(mount, steps, move |rootfs: &Path| {
+                launch::check_init(rootfs, &argv0).map_err(launch_error)?;
+                let plan =
+                    ContainerPlan::of_record(id, name.as_deref(), &planned, rootfs.to_owned());
+                let launched =
+                    runtime.map(|runtime| ContainerActor::launch_init(&runtime, id, &plan));
+                Ok::<_, Error>(Prepared { plan, launched })
+            })
+            .await;
+        let (mount, Prepared { plan, launched }) = match built {
+            // Ready first: the failed check's abort then releases the objects like any other.
+            Ok((mount, prepared)) => (mount, prepared?),
+            Err((err, prepared)) => {
+                if let Some(Ok(prepared)) = prepared {
+                    prepared.discard().await;
+                }
+                return Err(err);
+            }
+        };
         let actor = ContainerActor::start(
             id,
             plan,
@@ -287,11 +325,18 @@ impl Transaction {
                 Record::Container(record),
                 ObjectAddr::Container(actor.clone()),
             )
-            .await?;
-        if def.start {
+            .await;
+        let built = match built {
+            Ok(built) => built,
+            Err(err) => {
+                Prepared::discard_launched(launched).await;
+                return Err(err);
+            }
+        };
+        if let Some(launched) = launched {
             let started = Instant::now();
             actor
-                .send(ChangeState(ContainerState::Running))
+                .send(TakeLaunched(launched))
                 .await
                 .map_err(mailbox_gone)??;
             debug!(target: TIMING, id, start_us = started.elapsed().as_micros() as u64, "container started");
@@ -300,10 +345,26 @@ impl Transaction {
     }
 }
 
-/// A user's check of what a new object provides (a container's command in its new mount): run
-/// on the blocking thread of the kernel steps, right after them, it needs no thread hop of its
-/// own.
-pub(crate) type Check = Box<dyn FnOnce(&Path) -> Result<(), Error> + Send>;
+/// What a container's create did on its blocking thread after the mount's kernel steps: the
+/// plan of what the container runs, and the launch of its init when the request starts it.
+struct Prepared {
+    plan: ContainerPlan,
+    launched: Option<Launched>,
+}
+
+impl Prepared {
+    /// Kills an init whose container could not be made (off the event loop: killing it
+    /// writes to its cgroups).
+    async fn discard(self) {
+        Prepared::discard_launched(self.launched).await;
+    }
+
+    async fn discard_launched(launched: Option<Launched>) {
+        if let Some(Ok(Ok(init))) = launched {
+            off_event_loop(move || drop(init)).await;
+        }
+    }
+}
 
 /// An object of the request (or one a kernel step uses): referenced by id and held, or made by
 /// a step of the plan.
@@ -320,13 +381,19 @@ struct Step {
     inputs: Vec<Planned>,
 }
 
-/// What [`make_all`] gives back: the steps, what each made, and what the check found.
-type MadeAll = (Vec<Step>, Vec<(Resource, Erased)>, Result<(), Error>);
+/// What [`make_all`] gives back: the steps, what each made, the top object, and what `then`
+/// gave.
+type MadeAll<T> = (Vec<Step>, Vec<(Resource, Erased)>, Planned, T);
 
-/// Takes the kernel steps of a request in order on this (blocking) thread, then runs `check` on
-/// what the last one provides: one thread hop for the whole request, however deep it nests. A
-/// failed step gives back what the steps before it made, users first, and fails the request.
-fn make_all(host: &Host, steps: Vec<Step>, check: Option<Check>) -> Result<MadeAll, Error> {
+/// Takes the kernel steps of a request in order on this (blocking) thread, then runs `then` on
+/// what the `top` object provides: one thread hop for the whole request, however deep it nests.
+/// A failed step gives back what the steps before it made, users first, and fails the request.
+fn make_all<T>(
+    host: &Host,
+    steps: Vec<Step>,
+    top: Planned,
+    then: impl FnOnce(&Path) -> T,
+) -> Result<MadeAll<T>, Error> {
     let mut made: Vec<(Resource, Erased)> = Vec::with_capacity(steps.len());
     for step in &steps {
         let _object = info_span!("object", id = step.id, kind = step.kind.name()).entered();
@@ -334,13 +401,7 @@ fn make_all(host: &Host, steps: Vec<Step>, check: Option<Check>) -> Result<MadeA
         let deps = step
             .inputs
             .iter()
-            .map(|input| match input {
-                Planned::Held(held) => held.dep(),
-                Planned::Made(index) => Ok(Dep {
-                    id: steps[*index].id,
-                    path: steps[*index].kind.provides(&made[*index].1),
-                }),
-            })
+            .map(|input| provided(&steps, &made, input))
             .collect::<Result<Vec<Dep>, Error>>();
         match deps.and_then(|deps| step.kind.make(host, step.id, &step.spec, &deps)) {
             Ok(resource) => {
@@ -350,18 +411,37 @@ fn make_all(host: &Host, steps: Vec<Step>, check: Option<Check>) -> Result<MadeA
             }
             Err(err) => {
                 drop(_object);
-                for (step, (resource, _)) in steps.iter().zip(made).rev() {
-                    if let Err(err) = step.kind.release_unowned(host, resource, true) {
-                        warn!(id = step.id, error = %err, "cannot give back what a failed create made");
-                    }
-                }
+                give_back(host, &steps, made);
                 return Err(err);
             }
         }
     }
-    let checked = match (check, steps.last(), made.last()) {
-        (Some(check), Some(top), Some((_, facts))) => check(&top.kind.provides(facts)),
-        _ => Ok(()),
+    let then = match provided(&steps, &made, &top) {
+        Ok(provided) => then(&provided.path),
+        Err(err) => {
+            give_back(host, &steps, made);
+            return Err(err);
+        }
     };
-    Ok((steps, made, checked))
+    Ok((steps, made, top, then))
+}
+
+/// Releases what the first steps of a failed create made, users first.
+fn give_back(host: &Host, steps: &[Step], made: Vec<(Resource, Erased)>) {
+    for (step, (resource, _)) in steps.iter().zip(made).rev() {
+        if let Err(err) = step.kind.release_unowned(host, resource, true) {
+            warn!(id = step.id, error = %err, "cannot give back what a failed create made");
+        }
+    }
+}
+
+/// What the object `input` provides to its user: `made` holds what `steps` made until now.
+fn provided(steps: &[Step], made: &[(Resource, Erased)], input: &Planned) -> Result<Dep, Error> {
+    match input {
+        Planned::Held(held) => held.dep(),
+        Planned::Made(index) => Ok(Dep {
+            id: steps[*index].id,
+            path: steps[*index].kind.provides(&made[*index].1),
+        }),
+    }
 }
