@@ -3,7 +3,9 @@
 //! A create makes the resources of one request on one blocking thread (see
 //! `registry::build`) and starts each one's actor as soon as they are made; the actor holds the
 //! addresses of the actors it depends on, so a dependency outlives every user of it. The
-//! registry decides when the resource goes and sends [`Release`].
+//! registry decides when the resource goes and sends [`Surrender`]: the actor gives its resource
+//! up as a [`Surrendered`] release and stops, and the registry releases all of one removal on one
+//! blocking thread, users first (see `Registry::release_objects`), as the create made them.
 
 use std::sync::Arc;
 
@@ -65,8 +67,8 @@ pub(crate) fn start<D: Driver>(
     ObjectAddr::Object(addr.recipient())
 }
 
-/// Gives the kernel resource back and stops the actor. `force`: the object goes whatever still
-/// uses it (a forced delete).
+/// Stops a container's actor, its init killed first if it still runs. `force`: the container
+/// goes whatever still uses it (a forced delete).
 #[derive(Debug, Clone, Copy)]
 pub struct Release {
     pub force: bool,
@@ -76,32 +78,42 @@ impl Message for Release {
     type Result = Result<(), Error>;
 }
 
-impl<D: Driver> Handler<Release> for ObjectActor<D> {
-    type Result = AtomicResponse<Self, Result<(), Error>>;
+/// Tells an attachment's or mount's actor to give up its kernel resource and stop. `force`: the
+/// object goes whatever still uses it (a forced delete).
+#[derive(Debug, Clone, Copy)]
+pub struct Surrender {
+    pub force: bool,
+}
 
-    fn handle(&mut self, msg: Release, _ctx: &mut Self::Context) -> Self::Result {
-        let resource = self.resource.take();
+impl Message for Surrender {
+    type Result = Option<Surrendered>;
+}
+
+/// The release of a kernel resource its actor gave up: blocking, so for a blocking thread. It
+/// keeps the actors of what the resource uses alive until it has run.
+pub struct Surrendered(Box<dyn FnOnce() -> Result<(), Error> + Send>);
+
+impl Surrendered {
+    pub fn release(self) -> Result<(), Error> {
+        (self.0)()
+    }
+}
+
+impl<D: Driver> Handler<Surrender> for ObjectActor<D> {
+    type Result = Option<Surrendered>;
+
+    fn handle(&mut self, msg: Surrender, ctx: &mut Self::Context) -> Self::Result {
+        ctx.stop();
+        let resource = self.resource.take()?;
         let (kind, host, id) = (self.kind.clone(), self.host.clone(), self.id);
-        let release = async move {
-            match resource {
-                Some(resource) => {
-                    blocking(move || {
-                        let _object = info_span!("object", id, kind = kind_name::<D>()).entered();
-                        kind.0.release(&host, resource, msg.force)
-                    })
-                    .await
-                }
-                None => Ok(()),
-            }
-        };
-        AtomicResponse::new(Box::pin(release.into_actor(self).map(
-            move |result, actor, ctx| {
-                info!(id, ok = result.is_ok(), "released");
-                actor.dependencies.clear();
-                ctx.stop();
-                result
-            },
-        )))
+        let dependencies = std::mem::take(&mut self.dependencies);
+        Some(Surrendered(Box::new(move || {
+            let _object = info_span!("object", id, kind = kind_name::<D>()).entered();
+            let released = kind.0.release(&host, resource, msg.force);
+            info!(id, ok = released.is_ok(), "released");
+            drop(dependencies);
+            released
+        })))
     }
 }
 
@@ -109,18 +121,20 @@ impl<D: Driver> Handler<Release> for ObjectActor<D> {
 #[derive(Clone)]
 pub enum ObjectAddr {
     /// An attachment or mount.
-    Object(Recipient<Release>),
+    Object(Recipient<Surrender>),
     Container(Addr<ContainerActor>),
 }
 
 impl ObjectAddr {
     /// Asks the actor to give back its kernel resource and stop; waits until it has.
     pub async fn release(&self, force: bool) -> Result<(), Error> {
-        let answer = match self {
-            ObjectAddr::Object(addr) => addr.send(Release { force }).await,
-            ObjectAddr::Container(addr) => addr.send(Release { force }).await,
-        };
         // A mailbox that is already closed means the actor is gone, and its resource with it.
-        answer.unwrap_or(Ok(()))
+        match self {
+            ObjectAddr::Object(addr) => match addr.send(Surrender { force }).await {
+                Ok(Some(surrendered)) => blocking(move || surrendered.release()).await,
+                Ok(None) | Err(_) => Ok(()),
+            },
+            ObjectAddr::Container(addr) => addr.send(Release { force }).await.unwrap_or(Ok(())),
+        }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::future::{join_all, BoxFuture, Shared};
@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::events::{Change, Events, Subject};
 use crate::metrics::Metrics;
 use crate::model::wire::{ContainerState, Id};
-use crate::object::ObjectAddr;
+use crate::object::{ObjectAddr, Surrender};
 use crate::store::{self, Plan, Store};
 
 /// The release of one object, in flight: done once its resource is given back (or that failed).
@@ -156,54 +156,138 @@ impl Registry {
         })
     }
 
+    /// Makes the release of each of `deps` wait for `releasing`, the release of a user of it.
+    fn wait_for_release(&mut self, deps: impl IntoIterator<Item = Id>, releasing: &Releasing) {
+        for dep in deps {
+            let waiting = self.users_releasing.entry(dep).or_default();
+            waiting.retain(|release| release.peek().is_none());
+            waiting.push(releasing.clone());
+        }
+    }
+
     /// Releases the removed objects as [`Registry::release`] does, without the write.
+    ///
+    /// The attachments and mounts go in one release walk: their actors give up their resources
+    /// and one blocking thread releases them all in the order given, users first, as a create
+    /// makes them on one (each thread hop costs a wake-up of another CPU). The walk waits for
+    /// the containers of the removal and for any users still releasing from earlier removals.
     fn release_objects(
         &mut self,
         removed: Vec<Removed<Record>>,
         force: bool,
     ) -> BoxFuture<'static, ()> {
+        let in_removal: BTreeSet<Id> = removed.iter().map(|object| object.id).collect();
         let mut batch = Vec::with_capacity(removed.len());
+        let mut walk = Vec::new();
+        let mut walk_waits_for = Vec::new();
+        let mut walk_deps = BTreeSet::new();
         for object in removed {
             let addr = self.actors.remove(&object.id);
             let users = self.users_releasing.remove(&object.id).unwrap_or_default();
             let (id, kind) = (object.id, object.kind);
             let subject = subject(id, object.name.clone(), &object.record);
-            let events = self.events.clone();
+            let released = Released {
+                id,
+                kind,
+                subject,
+                events: self.events.clone(),
+            };
+            if let Some(ObjectAddr::Object(addr)) = addr {
+                walk_waits_for.extend(users);
+                walk_deps.extend(object.deps);
+                walk.push((released, addr));
+                continue;
+            }
             let releasing: Releasing = async move {
                 join_all(users).await;
                 // Without an actor, the kernel step never succeeded: nothing was told made.
                 let Some(addr) = addr else { return };
                 let started = Instant::now();
-                let released = addr.release(force).await;
-                let release_us = started.elapsed().as_micros() as u64;
-                debug!(target: TIMING, id, kind = kind.as_str(), release_us, "object released");
-                match released {
-                    Ok(()) => info!(id, kind = kind.as_str(), "released"),
-                    Err(err) => {
-                        warn!(id, kind = kind.as_str(), error = %err, "release failed")
-                    }
-                }
-                // Told once the resource is given back (or that failed: the object is gone
-                // from the graph either way).
-                events.publish(Change::Deleted, subject, (None, None), None);
+                let result = addr.release(force).await;
+                released.told(result, started.elapsed());
             }
             .boxed()
             .shared();
-            for dep in object.deps {
-                let waiting = self.users_releasing.entry(dep).or_default();
-                waiting.retain(|release| release.peek().is_none());
-                waiting.push(releasing.clone());
-            }
+            self.wait_for_release(object.deps, &releasing);
             actix_rt::spawn(releasing.clone());
             batch.push(releasing);
         }
-        let objects = batch.len();
+        if !walk.is_empty() {
+            let releasing: Releasing = release_walk(walk, walk_waits_for, force).boxed().shared();
+            let outside = walk_deps
+                .into_iter()
+                .filter(|dep| !in_removal.contains(dep));
+            self.wait_for_release(outside, &releasing);
+            actix_rt::spawn(releasing.clone());
+            batch.push(releasing);
+        }
+        let objects = in_removal.len();
         Box::pin(async move {
             let started = Instant::now();
             join_all(batch).await;
             let release_us = started.elapsed().as_micros() as u64;
             debug!(target: TIMING, objects, release_us, "objects released");
         })
+    }
+}
+
+/// An object of a removal, to be told released.
+struct Released {
+    id: Id,
+    kind: ObjectKind,
+    subject: Subject,
+    events: Events,
+}
+
+impl Released {
+    /// Records how the release went and tells it (once the resource is given back, or that
+    /// failed: the object is gone from the graph either way).
+    fn told(self, result: Result<(), Error>, took: Duration) {
+        let (id, kind) = (self.id, self.kind.as_str());
+        let release_us = took.as_micros() as u64;
+        debug!(target: TIMING, id, kind, release_us, "object released");
+        match result {
+            Ok(()) => info!(id, kind, "released"),
+            Err(err) => warn!(id, kind, error = %err, "release failed"),
+        }
+        self.events
+            .publish(Change::Deleted, self.subject, (None, None), None);
+    }
+}
+
+/// The release walk of a removal's attachments and mounts (given users first), once what it
+/// `waits_for` is released.
+async fn release_walk(
+    walk: Vec<(Released, Recipient<Surrender>)>,
+    waits_for: Vec<Releasing>,
+    force: bool,
+) {
+    join_all(waits_for).await;
+    // The actors live on this arbiter: giving up takes no thread hop.
+    let surrendered = join_all(walk.iter().map(|(_, addr)| addr.send(Surrender { force }))).await;
+    // A closed mailbox: the actor is gone, and its resource with it.
+    let surrendered: Vec<_> = surrendered.into_iter().map(Result::ok).collect();
+    let objects = walk.len();
+    let results = off_event_loop(move || {
+        surrendered
+            .into_iter()
+            .map(|surrendered| {
+                let started = Instant::now();
+                let result = surrendered
+                    .flatten()
+                    .map_or(Ok(()), |surrendered| surrendered.release());
+                (result, started.elapsed())
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let results = results.unwrap_or_else(|| {
+        (0..objects)
+            .map(|_| (Err(Error::ShuttingDown), Duration::ZERO))
+            .collect()
+    });
+    for ((released, _), (result, took)) in walk.into_iter().zip(results) {
+        released.told(result, took);
     }
 }
 
