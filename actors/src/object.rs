@@ -67,19 +67,9 @@ pub(crate) fn start<D: Driver>(
     ObjectAddr::Object(addr.recipient())
 }
 
-/// Stops a container's actor, its init killed first if it still runs. `force`: the container
-/// goes whatever still uses it (a forced delete).
-#[derive(Debug, Clone, Copy)]
-pub struct Release {
-    pub force: bool,
-}
-
-impl Message for Release {
-    type Result = Result<(), Error>;
-}
-
-/// Tells an attachment's or mount's actor to give up its kernel resource and stop. `force`: the
-/// object goes whatever still uses it (a forced delete).
+/// Tells an object's actor to give up its kernel resource and stop. `force`: the object goes
+/// whatever still uses it (a forced delete). A container's actor kills its init first if it
+/// still runs, and gives up its last log line.
 #[derive(Debug, Clone, Copy)]
 pub struct Surrender {
     pub force: bool,
@@ -94,6 +84,10 @@ impl Message for Surrender {
 pub struct Surrendered(Box<dyn FnOnce() -> Result<(), Error> + Send>);
 
 impl Surrendered {
+    pub(crate) fn new(release: impl FnOnce() -> Result<(), Error> + Send + 'static) -> Self {
+        Surrendered(Box::new(release))
+    }
+
     pub fn release(self) -> Result<(), Error> {
         (self.0)()
     }
@@ -107,13 +101,13 @@ impl<D: Driver> Handler<Surrender> for ObjectActor<D> {
         let resource = self.resource.take()?;
         let (kind, host, id) = (self.kind.clone(), self.host.clone(), self.id);
         let dependencies = std::mem::take(&mut self.dependencies);
-        Some(Surrendered(Box::new(move || {
+        Some(Surrendered::new(move || {
             let _object = info_span!("object", id, kind = kind_name::<D>()).entered();
             let released = kind.0.release(&host, resource, msg.force);
             info!(id, ok = released.is_ok(), "released");
             drop(dependencies);
             released
-        })))
+        }))
     }
 }
 
@@ -129,12 +123,17 @@ impl ObjectAddr {
     /// Asks the actor to give back its kernel resource and stop; waits until it has.
     pub async fn release(&self, force: bool) -> Result<(), Error> {
         // A mailbox that is already closed means the actor is gone, and its resource with it.
+        match self.surrender().send(Surrender { force }).await {
+            Ok(Some(surrendered)) => blocking(move || surrendered.release()).await,
+            Ok(None) | Err(_) => Ok(()),
+        }
+    }
+
+    /// Where to send [`Surrender`], whatever the kind of object.
+    pub fn surrender(&self) -> Recipient<Surrender> {
         match self {
-            ObjectAddr::Object(addr) => match addr.send(Surrender { force }).await {
-                Ok(Some(surrendered)) => blocking(move || surrendered.release()).await,
-                Ok(None) | Err(_) => Ok(()),
-            },
-            ObjectAddr::Container(addr) => addr.send(Release { force }).await.unwrap_or(Ok(())),
+            ObjectAddr::Object(addr) => addr.clone(),
+            ObjectAddr::Container(addr) => addr.clone().recipient(),
         }
     }
 }

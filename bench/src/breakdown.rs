@@ -210,7 +210,7 @@ pub fn print(floor: &Floor, service: &ServiceFigures, times: &ServiceTimes) {
         times.samples(ids, ("object released", Some(kind), offset), "release")
     };
     line(
-        "release container (init already reaped)",
+        "release container (init already reaped; its log's last line)",
         &[],
         &released("container", 0),
     );
@@ -232,7 +232,7 @@ pub fn print(floor: &Floor, service: &ServiceFigures, times: &ServiceTimes) {
     );
     line("rm dirs", dirs, &[]);
     line(
-        "store write and sync of the removal (overlaps the releases)",
+        "store write of the removal (after the releases)",
         &[],
         &container("delete written", "persist"),
     );

@@ -19,7 +19,7 @@ use crate::error::{Error, Origin};
 use crate::model::lifecycle::{self, Action, Step};
 use crate::model::spec::{signal_name, StopPolicy};
 use crate::model::wire::{ContainerState, Id, Namespace};
-use crate::object::{ObjectAddr, Release};
+use crate::object::{ObjectAddr, Surrender, Surrendered};
 use crate::registry::graph::GraphError;
 use crate::registry::graph::ObjectKind;
 use crate::registry::record::ContainerRecord;
@@ -104,8 +104,8 @@ pub struct ContainerActor {
     stop_requested: bool,
     registry: Recipient<StateChanged>,
     /// The mount the container runs on: kept alive as long as the container is.
-    _mount: ObjectAddr,
-    /// Wakes a Release waiting for the init to be gone.
+    mount: ObjectAddr,
+    /// Wakes a Surrender waiting for the init to be gone.
     on_exit: Vec<tokio::sync::oneshot::Sender<()>>,
     /// Agreed to go (see [`Retire`]): takes no more state changes.
     retired: bool,
@@ -158,7 +158,7 @@ impl ContainerActor {
             launches: u64::from(init.is_some()),
             init: init.map(Arc::new),
             registry,
-            _mount: mount,
+            mount,
             on_exit: Vec::new(),
             retired: false,
             runtime,
@@ -634,10 +634,12 @@ impl Handler<LeaveRunning> for ContainerActor {
     }
 }
 
-impl Handler<Release> for ContainerActor {
-    type Result = ResponseActFuture<Self, Result<(), Error>>;
+impl Handler<Surrender> for ContainerActor {
+    type Result = ResponseActFuture<Self, Option<Surrendered>>;
 
-    fn handle(&mut self, _: Release, _: &mut Self::Context) -> Self::Result {
+    /// Kills the init if it still runs and, once it is gone, stops; what is left to do, the
+    /// log's last line, is for the release walk's blocking thread.
+    fn handle(&mut self, _: Surrender, _: &mut Self::Context) -> Self::Result {
         self.retired = true;
         let id = self.id;
         let gone = if let Some(init) = self.init.clone() {
@@ -661,9 +663,18 @@ impl Handler<Release> for ContainerActor {
             }
             .into_actor(self)
             .map(|(), actor, ctx| {
-                actor.log_line("deleted");
                 ctx.stop();
-                Ok(())
+                let last_line = actor.log.last_line("deleted");
+                let mount = actor.mount.clone();
+                let id = actor.id;
+                Some(Surrendered::new(move || {
+                    if let Some(append) = last_line {
+                        append();
+                    }
+                    info!(id, "released");
+                    drop(mount);
+                    Ok(())
+                }))
             }),
         )
     }

@@ -6,12 +6,13 @@
 //! before. The writer runs only while lines wait: a container writes a few lines in its life,
 //! and an idle one holds its queue alone, not a task and a channel (a thousand containers
 //! would keep a thousand of both for nothing). The writer ends once every line given is
-//! written, also after the actor is gone.
+//! written, also after the actor is gone. The last line, `deleted`, is appended by the release
+//! walk's blocking thread when no line waits (see [`ContainerLog::last_line`]).
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
@@ -66,6 +67,29 @@ impl ContainerLog {
         }
     }
 
+    /// The container's last line, as it goes: when no line waits for the writer, an append for
+    /// the caller to run on its blocking thread (the release of a container then wakes no
+    /// thread of its own); else queued behind the waiting lines.
+    pub(crate) fn last_line(
+        &self,
+        line: impl Into<String>,
+    ) -> Option<impl FnOnce() + Send + 'static> {
+        let line = line.into();
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.writing {
+            queue.lines.push_back((line, None));
+            return None;
+        }
+        // No writer will start: the actor that gives lines is going.
+        queue.writing = true;
+        let (id, path) = (queue.id, queue.path.clone());
+        Some(move || {
+            if let Err(error) = append(id, &path, &line) {
+                warn!(id, %error, "cannot write the container log");
+            }
+        })
+    }
+
     fn push(&self, entry: Entry) {
         let start_writer = {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -76,6 +100,16 @@ impl ContainerLog {
             actix_rt::spawn(write_all(self.queue.clone()));
         }
     }
+}
+
+/// Appends one lifecycle line of container `id` to its log at `path`, in one write.
+fn append(id: Id, path: &Path, line: &str) -> std::io::Result<()> {
+    let line = format!("[imageapi] container {id}: {line}\n");
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(line.as_bytes())
 }
 
 /// Writes the queued lines in order until none is left.
@@ -91,14 +125,7 @@ async fn write_all(queue: Arc<Mutex<Queue>>) {
                 }
             }
         };
-        let appended = off_event_loop(move || {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .and_then(|mut log| writeln!(log, "[imageapi] container {id}: {line}"))
-        })
-        .await;
+        let appended = off_event_loop(move || append(id, &path, &line)).await;
         match appended {
             Some(Ok(())) => {}
             Some(Err(error)) => warn!(id, %error, "cannot write the container log"),

@@ -140,19 +140,31 @@ impl Registry {
     }
 
     /// Releases the removed objects (given users first), each once its users in flight are
-    /// released, and records that; resolves when all of them are. `force`: a forced delete.
+    /// released, then records that; resolves when both are done, with the time the write took.
+    /// `force`: a forced delete.
     ///
-    /// (Any write since the removal has already dropped the objects from the store: a crash
-    /// mid-release leaves their kernel resources to the sweeps of untracked loop devices,
-    /// mountpoints and cgroups at the next start.)
-    fn release(&mut self, removed: Vec<Removed<Record>>, force: bool) -> BoxFuture<'static, ()> {
+    /// The write follows the releases rather than running beside them: on a machine of few
+    /// CPUs the two slow each other down by more than the write takes (the README's Benchmark
+    /// section measures it), and a crash in between leaves the objects recorded, for the next
+    /// start to adopt what was not released yet (an rbd mapping too, which carries no tag a
+    /// sweep could find) and to drop what was. A write for another request in between records
+    /// the removal earlier; what a crash then leaves unreleased goes to the sweeps of untracked
+    /// loop devices, mountpoints and cgroups at the next start.
+    fn release(
+        &mut self,
+        removed: Vec<Removed<Record>>,
+        force: bool,
+    ) -> BoxFuture<'static, Duration> {
         let released = self.release_objects(removed, force);
         let me = self.me.clone();
         Box::pin(async move {
             released.await;
+            let started = Instant::now();
             if let Some(me) = me {
+                // A failed write is logged by the writer; the objects are gone either way.
                 let _ = me.send(Persist).await;
             }
+            started.elapsed()
         })
     }
 
@@ -167,64 +179,45 @@ impl Registry {
 
     /// Releases the removed objects as [`Registry::release`] does, without the write.
     ///
-    /// The attachments and mounts go in one release walk: their actors give up their resources
-    /// and one blocking thread releases them all in the order given, users first, as a create
-    /// makes them on one (each thread hop costs a wake-up of another CPU). The walk waits for
-    /// the containers of the removal and for any users still releasing from earlier removals.
+    /// They go in one release walk: their actors give up their resources (a container's actor
+    /// once its init is gone) and one blocking thread releases them all in the order given,
+    /// users first, as a create makes them on one (each thread hop costs a wake-up of another
+    /// CPU). The walk waits for any users still releasing from earlier removals.
     fn release_objects(
         &mut self,
         removed: Vec<Removed<Record>>,
         force: bool,
     ) -> BoxFuture<'static, ()> {
         let in_removal: BTreeSet<Id> = removed.iter().map(|object| object.id).collect();
-        let mut batch = Vec::with_capacity(removed.len());
         let mut walk = Vec::new();
-        let mut walk_waits_for = Vec::new();
-        let mut walk_deps = BTreeSet::new();
+        let mut waits_for = Vec::new();
+        let mut deps = BTreeSet::new();
         for object in removed {
-            let addr = self.actors.remove(&object.id);
-            let users = self.users_releasing.remove(&object.id).unwrap_or_default();
-            let (id, kind) = (object.id, object.kind);
-            let subject = subject(id, object.name.clone(), &object.record);
+            // Without an actor, the kernel step never succeeded: nothing was told made.
+            let Some(addr) = self.actors.remove(&object.id) else {
+                continue;
+            };
+            waits_for.extend(self.users_releasing.remove(&object.id).unwrap_or_default());
+            deps.extend(object.deps);
             let released = Released {
-                id,
-                kind,
-                subject,
+                id: object.id,
+                kind: object.kind,
+                subject: subject(object.id, object.name, &object.record),
                 events: self.events.clone(),
             };
-            if let Some(ObjectAddr::Object(addr)) = addr {
-                walk_waits_for.extend(users);
-                walk_deps.extend(object.deps);
-                walk.push((released, addr));
-                continue;
-            }
-            let releasing: Releasing = async move {
-                join_all(users).await;
-                // Without an actor, the kernel step never succeeded: nothing was told made.
-                let Some(addr) = addr else { return };
-                let started = Instant::now();
-                let result = addr.release(force).await;
-                released.told(result, started.elapsed());
-            }
-            .boxed()
-            .shared();
-            self.wait_for_release(object.deps, &releasing);
-            actix_rt::spawn(releasing.clone());
-            batch.push(releasing);
-        }
-        if !walk.is_empty() {
-            let releasing: Releasing = release_walk(walk, walk_waits_for, force).boxed().shared();
-            let outside = walk_deps
-                .into_iter()
-                .filter(|dep| !in_removal.contains(dep));
-            self.wait_for_release(outside, &releasing);
-            actix_rt::spawn(releasing.clone());
-            batch.push(releasing);
+            walk.push((released, addr.surrender()));
         }
         let objects = in_removal.len();
+        if walk.is_empty() {
+            return Box::pin(async {});
+        }
+        let releasing: Releasing = release_walk(walk, waits_for, force).boxed().shared();
+        let outside = deps.into_iter().filter(|dep| !in_removal.contains(dep));
+        self.wait_for_release(outside, &releasing);
+        actix_rt::spawn(releasing.clone());
         Box::pin(async move {
             let started = Instant::now();
-            join_all(batch).await;
+            releasing.await;
             let release_us = started.elapsed().as_micros() as u64;
             debug!(target: TIMING, objects, release_us, "objects released");
         })
@@ -241,29 +234,29 @@ struct Released {
 
 impl Released {
     /// Records how the release went and tells it (once the resource is given back, or that
-    /// failed: the object is gone from the graph either way).
+    /// failed: the object is gone from the graph either way). Its actor's release logged it.
     fn told(self, result: Result<(), Error>, took: Duration) {
         let (id, kind) = (self.id, self.kind.as_str());
         let release_us = took.as_micros() as u64;
         debug!(target: TIMING, id, kind, release_us, "object released");
-        match result {
-            Ok(()) => info!(id, kind, "released"),
-            Err(err) => warn!(id, kind, error = %err, "release failed"),
+        if let Err(err) = result {
+            warn!(id, kind, error = %err, "release failed");
         }
         self.events
             .publish(Change::Deleted, self.subject, (None, None), None);
     }
 }
 
-/// The release walk of a removal's attachments and mounts (given users first), once what it
-/// `waits_for` is released.
+/// The release walk of a removal's objects (given users first), once what it `waits_for` is
+/// released.
 async fn release_walk(
     walk: Vec<(Released, Recipient<Surrender>)>,
     waits_for: Vec<Releasing>,
     force: bool,
 ) {
     join_all(waits_for).await;
-    // The actors live on this arbiter: giving up takes no thread hop.
+    // The actors live on this arbiter: giving up takes no thread hop (but a container's waits
+    // for its init to be gone).
     let surrendered = join_all(walk.iter().map(|(_, addr)| addr.send(Surrender { force }))).await;
     // A closed mailbox: the actor is gone, and its resource with it.
     let surrendered: Vec<_> = surrendered.into_iter().map(Result::ok).collect();
@@ -566,7 +559,7 @@ impl Handler<Abort> for Registry {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, msg: Abort, _: &mut Self::Context) -> Self::Result {
         let removed = self.graph.abort(msg.0);
-        self.release(removed, true)
+        Box::pin(self.release(removed, true).map(drop))
     }
 }
 
@@ -694,22 +687,11 @@ impl Handler<Delete> for Registry {
                     force,
                     "deleting"
                 );
-                // The removal is written while the objects are released, not after: a crash
-                // in between leaves what was not released yet to the next start's sweeps, as
-                // any write during the release would (see `release`).
-                let persisted = registry.persist();
-                (view, registry.release_objects(removed, force), persisted)
+                (view, registry.release(removed, force))
             });
             async move {
-                let (view, released, persisted) = released?;
-                let started = Instant::now();
-                let persisted = async move {
-                    // A failed write is logged by the writer; the objects are gone either way.
-                    let _ = persisted.await;
-                    started.elapsed()
-                };
-                let ((), persisted) = futures::join!(released, persisted);
-                let persist_us = persisted.as_micros() as u64;
+                let (view, released) = released?;
+                let persist_us = released.await.as_micros() as u64;
                 debug!(target: TIMING, id, persist_us, "delete written");
                 Ok(view)
             }
@@ -736,7 +718,7 @@ impl Handler<Shutdown> for Registry {
                 objects = removed.len(),
                 "shutting down: releasing every object"
             );
-            return self.release(removed, true);
+            return Box::pin(self.release(removed, true).map(drop));
         }
         info!(
             objects = self.actors.len(),
