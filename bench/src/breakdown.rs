@@ -197,7 +197,7 @@ pub fn print(floor: &Floor, service: &ServiceFigures, times: &ServiceTimes) {
         &container("create done", "built"),
     );
     line(
-        "commit: waiting for the store's write and sync",
+        "commit: waiting for the store's write (the append)",
         &[],
         &container("create committed", "persist"),
     );
