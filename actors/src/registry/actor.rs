@@ -193,12 +193,13 @@ impl Registry {
         let mut waits_for = Vec::new();
         let mut deps = BTreeSet::new();
         for object in removed {
+            // Its users still releasing hold up the walk, and so what it uses.
+            waits_for.extend(self.users_releasing.remove(&object.id).unwrap_or_default());
+            deps.extend(object.deps);
             // Without an actor, the kernel step never succeeded: nothing was told made.
             let Some(addr) = self.actors.remove(&object.id) else {
                 continue;
             };
-            waits_for.extend(self.users_releasing.remove(&object.id).unwrap_or_default());
-            deps.extend(object.deps);
             let released = Released {
                 id: object.id,
                 kind: object.kind,
@@ -208,7 +209,7 @@ impl Registry {
             walk.push((released, addr.surrender()));
         }
         let objects = in_removal.len();
-        if walk.is_empty() {
+        if walk.is_empty() && waits_for.is_empty() {
             return Box::pin(async {});
         }
         let releasing: Releasing = release_walk(walk, waits_for, force).boxed().shared();
@@ -255,6 +256,9 @@ async fn release_walk(
     force: bool,
 ) {
     join_all(waits_for).await;
+    if walk.is_empty() {
+        return;
+    }
     // The actors live on this arbiter: giving up takes no thread hop (but a container's waits
     // for its init to be gone).
     let surrendered = join_all(walk.iter().map(|(_, addr)| addr.send(Surrender { force }))).await;
