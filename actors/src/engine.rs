@@ -458,7 +458,9 @@ impl Engine {
             force,
         });
         self.timed(kind, Operation::Delete, async move {
-            deleted.await.map_err(mailbox_gone)?
+            let (view, released) = deleted.await.map_err(mailbox_gone)??;
+            released.await.map_err(|_| Error::ShuttingDown)?;
+            Ok(view)
         })
         .await
     }

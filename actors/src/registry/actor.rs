@@ -6,7 +6,8 @@
 //! released before what it uses.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -25,10 +26,65 @@ use crate::events::{Change, Events, Subject};
 use crate::metrics::Metrics;
 use crate::model::wire::{ContainerState, Id};
 use crate::object::{ObjectAddr, Surrender};
-use crate::store::{self, Plan, Store};
+use crate::store::{self, Plan, Store, Ticket};
 
 /// The release of one object, in flight: done once its resource is given back (or that failed).
 type Releasing = Shared<BoxFuture<'static, ()>>;
+
+/// A DELETE's answer: given once its objects are released and their removal written, by the
+/// release walk's blocking thread when it wrote the removal (see [`Handover`]), else by the
+/// engine.
+#[derive(Clone)]
+struct Answer(Arc<Mutex<Option<oneshot::Sender<()>>>>);
+
+impl Answer {
+    fn new() -> (Answer, oneshot::Receiver<()>) {
+        let (answer, answered) = oneshot::channel();
+        (Answer(Arc::new(Mutex::new(Some(answer)))), answered)
+    }
+
+    /// Gives the answer unless it was given already.
+    fn give(&self) {
+        let answer = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(answer) = answer {
+            let _ = answer.send(());
+        }
+    }
+}
+
+/// A removal's journal line, parked in the store for the release walk's blocking thread to
+/// write right after the releases, which then gives the DELETE's answer: neither the write nor
+/// the answer takes a thread hop through the engine. Any write after it writes the line first
+/// if it comes sooner.
+#[derive(Clone)]
+struct Handover {
+    store: Arc<Store>,
+    ticket: Ticket,
+    answer: Answer,
+    /// How long the walk's write took, in µs plus one; 0 until it has.
+    written_us: Arc<AtomicU64>,
+}
+
+impl Handover {
+    /// Writes the line unless a later write already has, then answers. Blocking.
+    fn write(&self) {
+        let started = Instant::now();
+        if let Err(err) = self.store.write_parked(self.ticket) {
+            warn!(error = %err, "state store write failed");
+        }
+        let took = started.elapsed().as_micros() as u64;
+        self.written_us.store(took + 1, Ordering::Release);
+        self.answer.give();
+    }
+
+    /// How long the walk's write took, once it has written.
+    fn written(&self) -> Option<Duration> {
+        match self.written_us.load(Ordering::Acquire) {
+            0 => None,
+            us => Some(Duration::from_micros(us - 1)),
+        }
+    }
+}
 
 /// Someone waiting for the graph as it was at their request (the number of the request, in
 /// order) to be on disk.
@@ -130,9 +186,41 @@ impl Registry {
 
     /// Serializes what the store must write for `plan`: the whole graph, or the nodes changed
     /// since the last write (with their facts) as one journal line.
-    fn changes(&mut self, plan: Plan) -> Result<Vec<u8>, String> {
+    /// With its place in the store's order.
+    fn changes(&mut self, store: &Store, plan: Plan) -> Result<(Ticket, Vec<u8>), String> {
         let changed = self.take_changed();
-        store::serialize(plan, &self.instance, &self.graph, &changed).map_err(|err| err.to_string())
+        let serialized = store::serialize(plan, &self.instance, &self.graph, &changed)
+            .map_err(|err| err.to_string())?;
+        Ok((store.ticket(), serialized))
+    }
+
+    /// Takes the removal just made out of the graph as a journal line, parked in the store for
+    /// the release walk's blocking thread to write right after the releases, and to give the
+    /// DELETE's `answer` then (see [`Handover`]). None without a store, or when the next write
+    /// must be a whole snapshot: the writer makes that one.
+    fn hand_over_removal(&mut self, answer: &Answer) -> Option<Handover> {
+        let store = self.store.clone()?;
+        let plan = store.plan();
+        if plan != Plan::Journal {
+            return None;
+        }
+        match self.changes(&store, plan) {
+            Ok((ticket, line)) => {
+                store.park(ticket, plan, line);
+                Some(Handover {
+                    store,
+                    ticket,
+                    answer: answer.clone(),
+                    written_us: Arc::default(),
+                })
+            }
+            Err(err) => {
+                warn!(error = %err, "state store write failed");
+                // The changes taken are written by the next write, as a whole snapshot.
+                store.start_over();
+                None
+            }
+        }
     }
 
     fn take_changed(&mut self) -> BTreeSet<Id> {
@@ -150,15 +238,23 @@ impl Registry {
     /// sweep could find) and to drop what was. A write for another request in between records
     /// the removal earlier; what a crash then leaves unreleased goes to the sweeps of untracked
     /// loop devices, mountpoints and cgroups at the next start.
+    ///
+    /// With a `handover` the walk's blocking thread writes the removal right after the releases
+    /// itself, without a thread hop of its own.
     fn release(
         &mut self,
         removed: Vec<Removed<Record>>,
         force: bool,
+        handover: Option<Handover>,
     ) -> BoxFuture<'static, Duration> {
-        let released = self.release_objects(removed, force);
+        let released = self.release_objects(removed, force, handover.clone());
         let me = self.me.clone();
         Box::pin(async move {
             released.await;
+            if let Some(took) = handover.as_ref().and_then(Handover::written) {
+                return took;
+            }
+            // (A handover the walk did not write is written first by this write.)
             let started = Instant::now();
             if let Some(me) = me {
                 // A failed write is logged by the writer; the objects are gone either way.
@@ -187,6 +283,7 @@ impl Registry {
         &mut self,
         removed: Vec<Removed<Record>>,
         force: bool,
+        handover: Option<Handover>,
     ) -> BoxFuture<'static, ()> {
         let in_removal: BTreeSet<Id> = removed.iter().map(|object| object.id).collect();
         let mut walk = Vec::new();
@@ -212,7 +309,9 @@ impl Registry {
         if walk.is_empty() && waits_for.is_empty() {
             return Box::pin(async {});
         }
-        let releasing: Releasing = release_walk(walk, waits_for, force).boxed().shared();
+        let releasing: Releasing = release_walk(walk, waits_for, force, handover)
+            .boxed()
+            .shared();
         let outside = deps.into_iter().filter(|dep| !in_removal.contains(dep));
         self.wait_for_release(outside, &releasing);
         actix_rt::spawn(releasing.clone());
@@ -254,6 +353,7 @@ async fn release_walk(
     walk: Vec<(Released, Recipient<Surrender>)>,
     waits_for: Vec<Releasing>,
     force: bool,
+    handover: Option<Handover>,
 ) {
     join_all(waits_for).await;
     if walk.is_empty() {
@@ -266,7 +366,7 @@ async fn release_walk(
     let surrendered: Vec<_> = surrendered.into_iter().map(Result::ok).collect();
     let objects = walk.len();
     let results = off_event_loop(move || {
-        surrendered
+        let results = surrendered
             .into_iter()
             .map(|surrendered| {
                 let started = Instant::now();
@@ -275,7 +375,11 @@ async fn release_walk(
                     .map_or(Ok(()), |surrendered| surrendered.release());
                 (result, started.elapsed())
             })
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        if let Some(handover) = handover {
+            handover.write();
+        }
+        results
     })
     .await;
     let results = results.unwrap_or_else(|| {
@@ -301,13 +405,17 @@ fn subject(id: Id, name: Option<String>, record: &Record) -> Subject {
 /// What the store must write now, serialized for the store's plan, and the number of the last
 /// write asked for until now, whose changes it holds.
 #[derive(Message)]
-#[rtype(result = "(Result<Vec<u8>, String>, u64)")]
+#[rtype(result = "(Result<(Ticket, Vec<u8>), String>, u64)")]
 struct TakeChanges(Plan);
 
 impl Handler<TakeChanges> for Registry {
     type Result = MessageResult<TakeChanges>;
     fn handle(&mut self, msg: TakeChanges, _: &mut Self::Context) -> Self::Result {
-        MessageResult((self.changes(msg.0), self.write_requests))
+        let taken = match self.store.clone() {
+            Some(store) => self.changes(&store, msg.0),
+            None => Err("no state store".to_string()),
+        };
+        MessageResult((taken, self.write_requests))
     }
 }
 
@@ -361,12 +469,12 @@ impl Actor for Registry {
                         }
                     }
                     let saved = match taken.map(|(serialized, _)| serialized) {
-                        Ok(Ok(serialized)) => {
+                        Ok(Ok((ticket, serialized))) => {
                             let writer = store.clone();
                             let (bytes, waiters) = (serialized.len(), waiting.len());
                             let write = move || {
                                 let started = Instant::now();
-                                let written = writer.write(plan, &serialized);
+                                let written = writer.write(ticket, plan, &serialized);
                                 (written, started.elapsed())
                             };
                             match off_event_loop(write).await {
@@ -382,8 +490,9 @@ impl Actor for Registry {
                                     written.map_err(|err| err.to_string())
                                 }
                                 None => {
-                                    // It may not have run: the next write stores the whole graph.
-                                    store.start_over();
+                                    // It did not run: the writes after it go on, and the next
+                                    // one stores the whole graph.
+                                    store.abandon(ticket);
                                     Err("the write was cancelled".to_string())
                                 }
                             }
@@ -545,7 +654,7 @@ impl Handler<Commit> for Registry {
             if let Err(err) = written {
                 // Not on disk, so not made: undone as a failed create is.
                 if let Ok(removed) = registry.graph.delete(msg.top, true) {
-                    actix_rt::spawn(registry.release(removed, true));
+                    actix_rt::spawn(registry.release(removed, true, None));
                 }
                 return Err(err);
             }
@@ -563,7 +672,7 @@ impl Handler<Abort> for Registry {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, msg: Abort, _: &mut Self::Context) -> Self::Result {
         let removed = self.graph.abort(msg.0);
-        Box::pin(self.release(removed, true).map(drop))
+        Box::pin(self.release(removed, true, None).map(drop))
     }
 }
 
@@ -645,10 +754,12 @@ impl Handler<Census> for Registry {
     }
 }
 
-/// Deletes an object (and, when forced, its users); answers its last view once all is released.
-/// A container decides itself whether it may go (see [`Retire`]).
+/// Deletes an object (and, when forced, its users); answers its last view as soon as it is out
+/// of the graph, with what resolves once everything is released and the removal written (the
+/// DELETE's answer waits for that). A container decides itself whether it may go (see
+/// [`Retire`]).
 #[derive(Message)]
-#[rtype(result = "Result<View, Error>")]
+#[rtype(result = "Result<(View, oneshot::Receiver<()>), Error>")]
 pub struct Delete {
     pub kind: ObjectKind,
     pub selector: Selector,
@@ -656,7 +767,7 @@ pub struct Delete {
 }
 
 impl Handler<Delete> for Registry {
-    type Result = ResponseActFuture<Self, Result<View, Error>>;
+    type Result = ResponseActFuture<Self, Result<(View, oneshot::Receiver<()>), Error>>;
     fn handle(&mut self, msg: Delete, _: &mut Self::Context) -> Self::Result {
         let id = match self.select(msg.kind, &msg.selector) {
             Ok(id) => id,
@@ -691,15 +802,18 @@ impl Handler<Delete> for Registry {
                     force,
                     "deleting"
                 );
-                (view, registry.release(removed, force))
+                let (answer, answered) = Answer::new();
+                let handover = registry.hand_over_removal(&answer);
+                let released = registry.release(removed, force, handover);
+                actix_rt::spawn(async move {
+                    let persist_us = released.await.as_micros() as u64;
+                    // (Given already when the walk wrote the removal.)
+                    answer.give();
+                    debug!(target: TIMING, id, persist_us, "delete written");
+                });
+                (view, answered)
             });
-            async move {
-                let (view, released) = released?;
-                let persist_us = released.await.as_micros() as u64;
-                debug!(target: TIMING, id, persist_us, "delete written");
-                Ok(view)
-            }
-            .into_actor(registry)
+            fut::ready(released)
         }))
     }
 }
@@ -722,7 +836,7 @@ impl Handler<Shutdown> for Registry {
                 objects = removed.len(),
                 "shutting down: releasing every object"
             );
-            return Box::pin(self.release(removed, true).map(drop));
+            return Box::pin(self.release(removed, true, None).map(drop));
         }
         info!(
             objects = self.actors.len(),

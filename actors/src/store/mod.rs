@@ -10,19 +10,23 @@
 //!   next generation, then a fresh journal: a crash between the two leaves a journal of an older
 //!   generation, which is ignored (the snapshot already holds its changes).
 //!
+//! Batches are written in the order the registry took their changes (see [`Ticket`]), by its
+//! writer or, for a removal, by the thread that released the objects.
+//!
 //! Why files and not an embedded database: the graph of a node is small (a few hundred objects
-//! at most), it has exactly one writer (the registry), and it is read whole at start. Two files
+//! at most), it has exactly one source of changes (the registry), and it is read whole at start. Two files
 //! written this way are crash-safe, need no new dependency and stay readable by an operator.
 
 mod legacy;
 mod sync;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -138,6 +142,23 @@ pub enum Plan {
     Snapshot { generation: u64 },
 }
 
+/// A batch's place in the journal: batches are written in the order their changes were taken
+/// from the graph, whichever thread writes them. Taken with the changes, on the registry's
+/// thread; every ticket is written, parked or abandoned, or the writes after it would wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+/// Which batch is written next, and those taken but left for another thread to write.
+#[derive(Default)]
+struct Order {
+    /// The ticket of the next batch to write.
+    next: u64,
+    /// Batches waiting for the thread they were left to, or for any write after them.
+    parked: BTreeMap<u64, (Plan, Vec<u8>)>,
+    /// Tickets whose batch will never come (its write was cancelled).
+    abandoned: BTreeSet<u64>,
+}
+
 /// What the store knows of the files it writes.
 struct Written {
     /// The journal, open for appending; none until the first snapshot of this run (which is
@@ -190,6 +211,10 @@ pub struct Store {
     _lock: File,
     written: Mutex<Written>,
     sync: BackgroundSync,
+    tickets: AtomicU64,
+    order: Mutex<Order>,
+    /// Wakes a write waiting for an earlier batch that another thread is writing.
+    turn: Condvar,
 }
 
 impl Store {
@@ -221,6 +246,9 @@ impl Store {
                 snapshot_len: 0,
             }),
             sync,
+            tickets: AtomicU64::new(0),
+            order: Mutex::new(Order::default()),
+            turn: Condvar::new(),
         })
     }
 
@@ -366,10 +394,103 @@ impl Store {
         }
     }
 
-    /// Writes what the registry serialized for `plan`: a journal line, or a new snapshot and a
-    /// fresh journal. Blocking: runs on the blocking pool. After an error the next plan is a new
-    /// snapshot, so nothing a failed write held is lost.
-    pub fn write(&self, plan: Plan, serialized: &[u8]) -> Result<(), StoreError> {
+    /// The ticket of a batch of changes just taken from the graph (see [`Ticket`]).
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.tickets.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Writes what the registry serialized for `plan`, once every batch taken before it is
+    /// written: a journal line, or a new snapshot and a fresh journal. Blocking: runs on the
+    /// blocking pool. After an error the next plan is a new snapshot, so nothing a failed write
+    /// held is lost.
+    pub fn write(&self, ticket: Ticket, plan: Plan, serialized: &[u8]) -> Result<(), StoreError> {
+        let mut order = self.order();
+        loop {
+            order = self.write_parked_before(order, ticket.0);
+            if order.next == ticket.0 {
+                break;
+            }
+            // An earlier batch is being written by another thread.
+            order = self.wait_turn(order);
+        }
+        let result = self.write_now(plan, serialized);
+        order.next += 1;
+        self.turn.notify_all();
+        result
+    }
+
+    /// Leaves a batch for a later [`Store::write_parked`] of its ticket, or for any write after
+    /// it, whichever comes first.
+    pub fn park(&self, ticket: Ticket, plan: Plan, serialized: Vec<u8>) {
+        self.order().parked.insert(ticket.0, (plan, serialized));
+        self.turn.notify_all();
+    }
+
+    /// Writes the parked batch of `ticket` (and, first, any batch before it) unless a later
+    /// write has already. Blocking.
+    pub fn write_parked(&self, ticket: Ticket) -> Result<(), StoreError> {
+        let mut order = self.order();
+        loop {
+            order = self.write_parked_before(order, ticket.0);
+            if order.next > ticket.0 {
+                return Ok(());
+            }
+            if order.next == ticket.0 {
+                if let Some((plan, serialized)) = order.parked.remove(&ticket.0) {
+                    let result = self.write_now(plan, &serialized);
+                    order.next += 1;
+                    self.turn.notify_all();
+                    return result;
+                }
+            }
+            // An earlier batch is being written by another thread.
+            order = self.wait_turn(order);
+        }
+    }
+
+    /// A batch whose write was cancelled: the writes after it go on, and the next one is a
+    /// whole snapshot, so that its changes are not lost.
+    pub fn abandon(&self, ticket: Ticket) {
+        self.order().abandoned.insert(ticket.0);
+        self.start_over();
+        self.turn.notify_all();
+    }
+
+    fn order(&self) -> MutexGuard<'_, Order> {
+        // Every update of `Order` is a plain insert, remove or increment.
+        self.order
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn wait_turn<'a>(&self, order: MutexGuard<'a, Order>) -> MutexGuard<'a, Order> {
+        self.turn
+            .wait(order)
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Writes the parked batches, and skips the abandoned ones, that come next before `ticket`.
+    fn write_parked_before<'a>(
+        &self,
+        mut order: MutexGuard<'a, Order>,
+        ticket: u64,
+    ) -> MutexGuard<'a, Order> {
+        while order.next < ticket {
+            let next = order.next;
+            if let Some((plan, serialized)) = order.parked.remove(&next) {
+                if let Err(err) = self.write_now(plan, &serialized) {
+                    warn!(error = %err, "state store write failed");
+                }
+            } else if !order.abandoned.remove(&next) {
+                break;
+            }
+            order.next += 1;
+            self.turn.notify_all();
+        }
+        order
+    }
+
+    fn write_now(&self, plan: Plan, serialized: &[u8]) -> Result<(), StoreError> {
         let mut written = self.written();
         let result = match plan {
             Plan::Journal => self.append(&mut written, serialized),
@@ -544,7 +665,7 @@ mod tests {
             let plan = store.plan();
             let changed = self.graph.take_changed();
             let bytes = serialize(plan, "test", &self.graph, &changed).unwrap();
-            store.write(plan, &bytes).unwrap();
+            store.write(store.ticket(), plan, &bytes).unwrap();
             plan
         }
 
@@ -568,6 +689,72 @@ mod tests {
                 opened => return opened.unwrap(),
             }
         }
+    }
+
+    /// The changes since the last take, serialized for `plan`, with their place in the order.
+    fn take(objects: &mut Objects, store: &Store, plan: Plan) -> (Ticket, Vec<u8>) {
+        let changed = objects.graph.take_changed();
+        let bytes = serialize(plan, "test", &objects.graph, &changed).unwrap();
+        (store.ticket(), bytes)
+    }
+
+    #[test]
+    fn a_parked_batch_is_written_before_any_later_one_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut objects = Objects::new();
+        objects.create(0);
+        objects.write(&store);
+        let mount = objects.create(1);
+        let (created, line) = take(&mut objects, &store, Plan::Journal);
+        store.park(created, Plan::Journal, line);
+        // Replayed the other way round, the create would bring back what the delete removed.
+        objects.delete(mount);
+        assert_eq!(objects.write(&store), Plan::Journal);
+        store.write_parked(created).unwrap();
+        drop(store);
+        objects.assert_loads_from(dir.path());
+    }
+
+    #[test]
+    fn a_write_waits_for_an_earlier_batch_another_thread_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut objects = Objects::new();
+        objects.create(0);
+        objects.write(&store);
+        let mount = objects.create(1);
+        let (created, create_line) = take(&mut objects, &store, Plan::Journal);
+        objects.delete(mount);
+        let (deleted, delete_line) = take(&mut objects, &store, Plan::Journal);
+        let later = {
+            let store = store.clone();
+            std::thread::spawn(move || store.write(deleted, Plan::Journal, &delete_line))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !later.is_finished(),
+            "the later batch did not wait for the earlier one"
+        );
+        store.write(created, Plan::Journal, &create_line).unwrap();
+        later.join().unwrap().unwrap();
+        drop(store);
+        objects.assert_loads_from(dir.path());
+    }
+
+    #[test]
+    fn an_abandoned_batch_holds_up_nothing_and_the_next_write_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut objects = Objects::new();
+        objects.create(0);
+        objects.write(&store);
+        objects.create(1);
+        let (lost, _) = take(&mut objects, &store, Plan::Journal);
+        store.abandon(lost);
+        assert!(matches!(objects.write(&store), Plan::Snapshot { .. }));
+        drop(store);
+        objects.assert_loads_from(dir.path());
     }
 
     /// A store with one create in its snapshot and a second one in its journal.
@@ -708,7 +895,7 @@ mod tests {
         let filler = vec![b' '; JOURNAL_FLOOR as usize / 2];
         for _ in 0..2 {
             assert_eq!(store.plan(), Plan::Journal);
-            store.write(Plan::Journal, &filler).unwrap();
+            store.write(store.ticket(), Plan::Journal, &filler).unwrap();
         }
         assert_eq!(store.plan(), Plan::Snapshot { generation: 2 });
     }
@@ -736,7 +923,7 @@ mod tests {
         let plan = store.plan();
         assert!(matches!(plan, Plan::Snapshot { .. }));
         let bytes = serialize(plan, &snapshot.instance, &snapshot.graph, &BTreeSet::new()).unwrap();
-        store.write(plan, &bytes).unwrap();
+        store.write(store.ticket(), plan, &bytes).unwrap();
         drop(store);
         let written: serde_json::Value =
             serde_json::from_slice(&fs::read(dir.path().join(STATE_FILE)).unwrap()).unwrap();
