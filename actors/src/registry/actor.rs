@@ -185,8 +185,8 @@ impl Registry {
     }
 
     /// Serializes what the store must write for `plan`: the whole graph, or the nodes changed
-    /// since the last write (with their facts) as one journal line.
-    /// With its place in the store's order.
+    /// since the last write (with their facts) as one journal line; with its place in the
+    /// store's order.
     fn changes(&mut self, store: &Store, plan: Plan) -> Result<(Ticket, Vec<u8>), String> {
         let changed = self.take_changed();
         let serialized = store::serialize(plan, &self.instance, &self.graph, &changed)
