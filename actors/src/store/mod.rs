@@ -698,14 +698,21 @@ mod tests {
         (store.ticket(), bytes)
     }
 
-    #[test]
-    fn a_parked_batch_is_written_before_any_later_one_and_once() {
+    /// A store with one create written, and a second create made but not written; the second
+    /// one's mount.
+    fn written_and_made() -> (tempfile::TempDir, Arc<Store>, Objects, Id) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
         let mut objects = Objects::new();
         objects.create(0);
         objects.write(&store);
         let mount = objects.create(1);
+        (dir, store, objects, mount)
+    }
+
+    #[test]
+    fn a_parked_batch_is_written_before_any_later_one_and_once() {
+        let (dir, store, mut objects, mount) = written_and_made();
         let (created, line) = take(&mut objects, &store, Plan::Journal);
         store.park(created, Plan::Journal, line);
         // Replayed the other way round, the create would bring back what the delete removed.
@@ -718,12 +725,7 @@ mod tests {
 
     #[test]
     fn a_write_waits_for_an_earlier_batch_another_thread_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let mut objects = Objects::new();
-        objects.create(0);
-        objects.write(&store);
-        let mount = objects.create(1);
+        let (dir, store, mut objects, mount) = written_and_made();
         let (created, create_line) = take(&mut objects, &store, Plan::Journal);
         objects.delete(mount);
         let (deleted, delete_line) = take(&mut objects, &store, Plan::Journal);
@@ -744,12 +746,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_batch_holds_up_nothing_and_the_next_write_is_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut objects = Objects::new();
-        objects.create(0);
-        objects.write(&store);
-        objects.create(1);
+        let (dir, store, mut objects, _) = written_and_made();
         let (lost, _) = take(&mut objects, &store, Plan::Journal);
         store.abandon(lost);
         assert!(matches!(objects.write(&store), Plan::Snapshot { .. }));
