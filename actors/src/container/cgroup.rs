@@ -506,6 +506,7 @@ impl Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     #[test]
     fn finds_hybrid_hierarchies() {
@@ -551,27 +552,35 @@ mod tests {
             instance: "race".into(),
         };
         let parent = root.join(PARENT_DIR);
-        let done = std::sync::atomic::AtomicBool::new(false);
+        let done = AtomicBool::new(false);
+        let creates = AtomicUsize::new(0);
         let failures = std::thread::scope(|scope| {
             scope.spawn(|| {
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                while !done.load(Ordering::Relaxed) {
+                    let seen = creates.load(Ordering::Relaxed);
                     let _ = fs::create_dir(&parent);
                     let _ = fs::remove_dir(&parent);
-                    // Its containers take a while to come and go: not every attempt of the
-                    // create meets a removal. (Every 20 µs, a loaded machine saw a create lose
-                    // all its tries in a row, twice in 20 000: no real service removes its
-                    // parent that often. Every 200 µs still meets the race several times a
-                    // run, which the create without its retries fails.)
-                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    // Its containers take a while to come and go: the parent goes again only
+                    // once this service has begun another create. So a create meets at most
+                    // one removal, wherever it falls among its syscalls, however loaded the
+                    // machine. (A removal every 200 µs on a timer saw a loaded CI machine's
+                    // create lose all its tries in a row: no real service removes its parent
+                    // that often. The create without its retries still fails this test.)
+                    while creates.load(Ordering::Relaxed) == seen && !done.load(Ordering::Relaxed) {
+                        std::thread::sleep(std::time::Duration::from_micros(20));
+                    }
                 }
             });
             let failures: Vec<String> = (0..20_000)
-                .filter_map(|id| match service.make_dir(&root, id) {
-                    Ok(dir) => fs::remove_dir(dir).err().map(|e| e.to_string()),
-                    Err(e) => Some(e.to_string()),
+                .filter_map(|id| {
+                    creates.fetch_add(1, Ordering::Relaxed);
+                    match service.make_dir(&root, id) {
+                        Ok(dir) => fs::remove_dir(dir).err().map(|e| e.to_string()),
+                        Err(e) => Some(e.to_string()),
+                    }
                 })
                 .collect();
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            done.store(true, Ordering::Relaxed);
             failures
         });
         let _ = fs::remove_dir(&parent);
