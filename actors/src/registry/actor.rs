@@ -6,8 +6,7 @@
 //! released before what it uses.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -61,28 +60,17 @@ struct Handover {
     store: Arc<Store>,
     ticket: Ticket,
     answer: Answer,
-    /// How long the walk's write took, in µs plus one; 0 until it has.
-    written_us: Arc<AtomicU64>,
+    /// How long the walk's write took, once it has written.
+    written: Arc<OnceLock<Duration>>,
 }
 
 impl Handover {
     /// Writes the line unless a later write already has, then answers. Blocking.
     fn write(&self) {
         let started = Instant::now();
-        if let Err(err) = self.store.write_parked(self.ticket) {
-            warn!(error = %err, "state store write failed");
-        }
-        let took = started.elapsed().as_micros() as u64;
-        self.written_us.store(took + 1, Ordering::Release);
+        self.store.write_parked(self.ticket);
+        let _ = self.written.set(started.elapsed());
         self.answer.give();
-    }
-
-    /// How long the walk's write took, once it has written.
-    fn written(&self) -> Option<Duration> {
-        match self.written_us.load(Ordering::Acquire) {
-            0 => None,
-            us => Some(Duration::from_micros(us - 1)),
-        }
     }
 }
 
@@ -211,7 +199,7 @@ impl Registry {
                     store,
                     ticket,
                     answer: answer.clone(),
-                    written_us: Arc::default(),
+                    written: Arc::default(),
                 })
             }
             Err(err) => {
@@ -251,8 +239,11 @@ impl Registry {
         let me = self.me.clone();
         Box::pin(async move {
             released.await;
-            if let Some(took) = handover.as_ref().and_then(Handover::written) {
-                return took;
+            if let Some(took) = handover
+                .as_ref()
+                .and_then(|handover| handover.written.get())
+            {
+                return *took;
             }
             // (A handover the walk did not write is written first by this write.)
             let started = Instant::now();
@@ -273,7 +264,8 @@ impl Registry {
         }
     }
 
-    /// Releases the removed objects as [`Registry::release`] does, without the write.
+    /// Releases the removed objects as [`Registry::release`] does, without the write (but for
+    /// a `handover`'s, which the walk's thread writes).
     ///
     /// They go in one release walk: their actors give up their resources (a container's actor
     /// once its init is gone) and one blocking thread releases them all in the order given,

@@ -14,8 +14,9 @@
 //! writer or, for a removal, by the thread that released the objects.
 //!
 //! Why files and not an embedded database: the graph of a node is small (a few hundred objects
-//! at most), it has exactly one source of changes (the registry), and it is read whole at start. Two files
-//! written this way are crash-safe, need no new dependency and stay readable by an operator.
+//! at most), it has exactly one source of changes (the registry), and it is read whole at
+//! start. Two files written this way are crash-safe, need no new dependency and stay readable
+//! by an operator.
 
 mod legacy;
 mod sync;
@@ -404,18 +405,9 @@ impl Store {
     /// blocking pool. After an error the next plan is a new snapshot, so nothing a failed write
     /// held is lost.
     pub fn write(&self, ticket: Ticket, plan: Plan, serialized: &[u8]) -> Result<(), StoreError> {
-        let mut order = self.order();
-        loop {
-            order = self.write_parked_before(order, ticket.0);
-            if order.next == ticket.0 {
-                break;
-            }
-            // An earlier batch is being written by another thread.
-            order = self.wait_turn(order);
-        }
+        let mut order = self.turn_of(ticket.0);
         let result = self.write_now(plan, serialized);
-        order.next += 1;
-        self.turn.notify_all();
+        self.pass_turn(&mut order);
         result
     }
 
@@ -427,25 +419,11 @@ impl Store {
     }
 
     /// Writes the parked batch of `ticket` (and, first, any batch before it) unless a later
-    /// write has already. Blocking.
-    pub fn write_parked(&self, ticket: Ticket) -> Result<(), StoreError> {
-        let mut order = self.order();
-        loop {
-            order = self.write_parked_before(order, ticket.0);
-            if order.next > ticket.0 {
-                return Ok(());
-            }
-            if order.next == ticket.0 {
-                if let Some((plan, serialized)) = order.parked.remove(&ticket.0) {
-                    let result = self.write_now(plan, &serialized);
-                    order.next += 1;
-                    self.turn.notify_all();
-                    return result;
-                }
-            }
-            // An earlier batch is being written by another thread.
-            order = self.wait_turn(order);
-        }
+    /// write has already; a failure is logged, and the next write is a whole snapshot.
+    /// Blocking.
+    pub fn write_parked(&self, ticket: Ticket) {
+        // The turn after it comes once it is written, by this call or by a write that came first.
+        drop(self.turn_of(ticket.0 + 1));
     }
 
     /// A batch whose write was cancelled: the writes after it go on, and the next one is a
@@ -463,31 +441,36 @@ impl Store {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn wait_turn<'a>(&self, order: MutexGuard<'a, Order>) -> MutexGuard<'a, Order> {
-        self.turn
-            .wait(order)
-            .unwrap_or_else(|poison| poison.into_inner())
+    /// Waits until every batch before `ticket` is written, writing the parked ones (and
+    /// skipping the abandoned ones) itself, whoever they were left for.
+    fn turn_of(&self, ticket: u64) -> MutexGuard<'_, Order> {
+        let mut order = self.order();
+        loop {
+            while order.next < ticket {
+                let next = order.next;
+                if let Some((plan, serialized)) = order.parked.remove(&next) {
+                    if let Err(err) = self.write_now(plan, &serialized) {
+                        warn!(error = %err, "state store write failed");
+                    }
+                } else if !order.abandoned.remove(&next) {
+                    break;
+                }
+                self.pass_turn(&mut order);
+            }
+            if order.next >= ticket {
+                return order;
+            }
+            // An earlier batch is being written by another thread.
+            order = self
+                .turn
+                .wait(order)
+                .unwrap_or_else(|poison| poison.into_inner());
+        }
     }
 
-    /// Writes the parked batches, and skips the abandoned ones, that come next before `ticket`.
-    fn write_parked_before<'a>(
-        &self,
-        mut order: MutexGuard<'a, Order>,
-        ticket: u64,
-    ) -> MutexGuard<'a, Order> {
-        while order.next < ticket {
-            let next = order.next;
-            if let Some((plan, serialized)) = order.parked.remove(&next) {
-                if let Err(err) = self.write_now(plan, &serialized) {
-                    warn!(error = %err, "state store write failed");
-                }
-            } else if !order.abandoned.remove(&next) {
-                break;
-            }
-            order.next += 1;
-            self.turn.notify_all();
-        }
-        order
+    fn pass_turn(&self, order: &mut Order) {
+        order.next += 1;
+        self.turn.notify_all();
     }
 
     fn write_now(&self, plan: Plan, serialized: &[u8]) -> Result<(), StoreError> {
@@ -718,7 +701,7 @@ mod tests {
         // Replayed the other way round, the create would bring back what the delete removed.
         objects.delete(mount);
         assert_eq!(objects.write(&store), Plan::Journal);
-        store.write_parked(created).unwrap();
+        store.write_parked(created);
         drop(store);
         objects.assert_loads_from(dir.path());
     }
