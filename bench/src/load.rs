@@ -7,8 +7,9 @@
 //! 201 running; `PATCH ?state=exited` (the stop, answered `stopping` or `exited`); `GET
 //! ?wait=exited` until it has exited; `DELETE`. Every answer other than the expected one and
 //! every transport error counts as an error (the first few are printed). First every client
-//! runs one uncounted warm-up cycle; the service's memory is read when they all have finished it
-//! (nothing is left then), during the run, and once the last cycle is deleted. At the end
+//! cycles uncounted for `--load-warmup-seconds` (20); the service's memory is read when they
+//! all have finished their last warm-up cycle (nothing is left then), during the run, once the
+//! last cycle is deleted, and again once the service has been idle for a while. At the end
 //! everything must be released: no object listed, no mount under the service's mount dir, no
 //! loop device of the image, no container cgroup of the service, no process left.
 //!
@@ -60,6 +61,8 @@ const WAIT_TIMEOUT_S: u64 = 30;
 pub(super) struct Options {
     pub seconds: u64,
     pub clients: usize,
+    /// How long the clients cycle, uncounted, before the timed part.
+    pub warmup: Duration,
     pub kill_after: Option<u64>,
 }
 
@@ -72,8 +75,8 @@ pub(super) fn flags(args: &Args) -> String {
         .load_kill_after
         .map_or_else(String::new, |s| format!(" --load-kill-after {s}"));
     format!(
-        " --load-seconds {} --load-clients {}{kill}",
-        args.load_seconds, args.load_clients
+        " --load-seconds {} --load-clients {} --load-warmup-seconds {}{kill}",
+        args.load_seconds, args.load_clients, args.load_warmup_seconds
     )
 }
 
@@ -110,7 +113,7 @@ struct Gate {
     parked: usize,
     /// Clients still in their loop.
     active: usize,
-    /// Clients done with their warm-up cycle.
+    /// Clients done with their warm-up.
     warm: usize,
     /// The timed part has begun.
     started: bool,
@@ -122,6 +125,8 @@ struct Shared {
     body: Value,
     /// Time is up: clients finish their cycle and leave.
     time_up: AtomicBool,
+    /// When the clients stop their warm-up cycles.
+    warmup_until: Instant,
     /// Something failed or the user interrupted: clients leave at once.
     abort: AtomicBool,
     /// How many kills so far: a request that fails while it changed was cut by a kill.
@@ -207,7 +212,7 @@ impl Shared {
         gate.started
     }
 
-    /// Waits until every client still running has done its warm-up cycle.
+    /// Waits until every client still running has done its warm-up.
     fn wait_warm(&self) -> Result<()> {
         let mut gate = lock(&self.gate);
         while gate.warm < gate.active {
@@ -423,7 +428,12 @@ impl Worker<'_> {
     }
 
     fn run(mut self) -> Timings {
-        let warm_up = self.cycle_and_recover(false);
+        let warm_up = loop {
+            let cycled = self.cycle_and_recover(false);
+            if cycled.is_err() || Instant::now() >= self.shared.warmup_until {
+                break cycled;
+            }
+        };
         if self.shared.warmed_up() && warm_up.is_ok() {
             while !self.shared.time_up.load(Ordering::SeqCst) {
                 if self.cycle_and_recover(true).is_err() {
@@ -506,9 +516,10 @@ pub(super) fn run(service: &mut Service, image: &Path, options: &Options) -> Res
         );
     }
     out!(
-        "\n5. Load: {} clients, each its own kept-alive connection, cycling nested containers for {} s{}",
+        "\n5. Load: {} clients, each its own kept-alive connection, cycling nested containers for {} s after {} s of warm-up{}",
         options.clients,
         options.seconds,
+        options.warmup.as_secs(),
         options
             .kill_after
             .map_or_else(String::new, |s| format!(", SIGKILL of the service after {s} s"))
@@ -520,6 +531,7 @@ pub(super) fn run(service: &mut Service, image: &Path, options: &Options) -> Res
         socket: service.socket.clone(),
         body: nested_container(image, INIT),
         time_up: AtomicBool::new(false),
+        warmup_until: Instant::now() + options.warmup,
         abort: AtomicBool::new(false),
         kills: AtomicU64::new(0),
         gate: Mutex::new(Gate {

@@ -113,6 +113,11 @@ struct Args {
     /// Concurrent clients of the load run, each on its own kept-alive connection.
     #[arg(long, default_value_t = 32)]
     load_clients: usize,
+    /// Seconds of uncounted cycles before the load run's timed part, so that the memory read
+    /// before it is the service's working set under this load (its blocking pools and heap grow
+    /// to it in the first seconds), not that of a service that has seen one cycle per client.
+    #[arg(long, default_value_t = 20)]
+    load_warmup_seconds: u64,
     /// SIGKILL the service this many seconds into the load run, start it again on the same state
     /// dir, and check that it lost nothing and that the kernel holds nothing it does not list.
     #[arg(long)]
@@ -236,6 +241,7 @@ fn run(args: &Args) -> Result<()> {
         let options = load::Options {
             seconds: args.load_seconds,
             clients: args.load_clients,
+            warmup: Duration::from_secs(args.load_warmup_seconds),
             kill_after: args.load_kill_after,
         };
         let figures = load::run(&mut service, &image.path, &options)?;
