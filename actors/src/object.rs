@@ -81,15 +81,47 @@ impl Message for Surrender {
 
 /// The release of a kernel resource its actor gave up: blocking, so for a blocking thread. It
 /// keeps the actors of what the resource uses alive until it has run.
-pub struct Surrendered(Box<dyn FnOnce() -> Result<(), Error> + Send>);
+pub struct Surrendered {
+    id: Id,
+    kind: &'static str,
+    release: Box<dyn FnOnce() -> Result<(), Error> + Send>,
+}
 
 impl Surrendered {
-    pub(crate) fn new(release: impl FnOnce() -> Result<(), Error> + Send + 'static) -> Self {
-        Surrendered(Box::new(release))
+    pub(crate) fn new(
+        id: Id,
+        kind: &'static str,
+        release: impl FnOnce() -> Result<(), Error> + Send + 'static,
+    ) -> Self {
+        Surrendered {
+            id,
+            kind,
+            release: Box::new(release),
+        }
     }
 
-    pub fn release(self) -> Result<(), Error> {
-        (self.0)()
+    /// Gives the resource back. Its "released" log line is the caller's to write, once it has
+    /// answered whoever waits for the release (a line costs the answer a `write`).
+    pub fn release(self) -> ReleaseOutcome {
+        ReleaseOutcome {
+            id: self.id,
+            kind: self.kind,
+            result: (self.release)(),
+        }
+    }
+}
+
+/// How a [`Surrendered`] release went.
+pub struct ReleaseOutcome {
+    id: Id,
+    kind: &'static str,
+    pub result: Result<(), Error>,
+}
+
+impl ReleaseOutcome {
+    pub fn log(&self) {
+        let (id, kind) = (self.id, self.kind);
+        info!(id, kind, ok = self.result.is_ok(), "released");
     }
 }
 
@@ -101,10 +133,9 @@ impl<D: Driver> Handler<Surrender> for ObjectActor<D> {
         let resource = self.resource.take()?;
         let (kind, host, id) = (self.kind.clone(), self.host.clone(), self.id);
         let dependencies = std::mem::take(&mut self.dependencies);
-        Some(Surrendered::new(move || {
+        Some(Surrendered::new(id, kind_name::<D>(), move || {
             let _object = info_span!("object", id, kind = kind_name::<D>()).entered();
             let released = kind.0.release(&host, resource, msg.force);
-            info!(id, ok = released.is_ok(), "released");
             drop(dependencies);
             released
         }))
@@ -124,7 +155,14 @@ impl ObjectAddr {
     pub async fn release(&self, force: bool) -> Result<(), Error> {
         // A mailbox that is already closed means the actor is gone, and its resource with it.
         match self.surrender().send(Surrender { force }).await {
-            Ok(Some(surrendered)) => blocking(move || surrendered.release()).await,
+            Ok(Some(surrendered)) => {
+                blocking(move || {
+                    let outcome = surrendered.release();
+                    outcome.log();
+                    outcome.result
+                })
+                .await
+            }
             Ok(None) | Err(_) => Ok(()),
         }
     }

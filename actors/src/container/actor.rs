@@ -667,11 +667,10 @@ impl Handler<Surrender> for ContainerActor {
                 let last_line = actor.log.last_line("deleted");
                 let mount = actor.mount.clone();
                 let id = actor.id;
-                Some(Surrendered::new(move || {
+                Some(Surrendered::new(id, "container", move || {
                     if let Some(append) = last_line {
                         append();
                     }
-                    info!(id, "released");
                     drop(mount);
                     Ok(())
                 }))

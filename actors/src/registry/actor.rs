@@ -6,6 +6,7 @@
 //! released before what it uses.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use crate::error::Error;
 use crate::events::{Change, Events, Subject};
 use crate::metrics::Metrics;
 use crate::model::wire::{ContainerState, Id};
-use crate::object::{ObjectAddr, Surrender};
+use crate::object::{ObjectAddr, Surrender, Surrendered};
 use crate::store::{self, Plan, Store, Ticket};
 
 /// The release of one object, in flight: done once its resource is given back (or that failed).
@@ -301,9 +302,7 @@ impl Registry {
         if walk.is_empty() && waits_for.is_empty() {
             return Box::pin(async {});
         }
-        let releasing: Releasing = release_walk(walk, waits_for, force, handover)
-            .boxed()
-            .shared();
+        let releasing: Releasing = release_walk(walk, waits_for, force, handover).shared();
         let outside = deps.into_iter().filter(|dep| !in_removal.contains(dep));
         self.wait_for_release(outside, &releasing);
         actix_rt::spawn(releasing.clone());
@@ -340,47 +339,74 @@ impl Released {
 }
 
 /// The release walk of a removal's objects (given users first), once what it `waits_for` is
-/// released.
-async fn release_walk(
+/// released. With nothing to wait for, it starts at the call (see [`start_walk`]).
+fn release_walk(
     walk: Vec<(Released, Recipient<Surrender>)>,
     waits_for: Vec<Releasing>,
     force: bool,
     handover: Option<Handover>,
-) {
-    join_all(waits_for).await;
+) -> BoxFuture<'static, ()> {
     if walk.is_empty() {
-        return;
+        return join_all(waits_for).map(drop).boxed();
     }
-    // The actors live on this arbiter: giving up takes no thread hop (but a container's waits
-    // for its init to be gone).
-    let surrendered = join_all(walk.iter().map(|(_, addr)| addr.send(Surrender { force }))).await;
-    // A closed mailbox: the actor is gone, and its resource with it.
-    let surrendered: Vec<_> = surrendered.into_iter().map(Result::ok).collect();
-    let objects = walk.len();
+    if waits_for.is_empty() {
+        return start_walk(walk, force, handover).boxed();
+    }
+    async move {
+        join_all(waits_for).await;
+        start_walk(walk, force, handover).await;
+    }
+    .boxed()
+}
+
+/// Hands the walk to a blocking thread at once and tells the actors to surrender: the thread
+/// wakes while they give up their resources (they live on this arbiter, which runs them once
+/// the caller returns; a container's once its init is gone), and gets them all in one go. It
+/// releases them in the order given, writes a handover's removal and answers, and only then
+/// writes the releases' log lines.
+fn start_walk(
+    walk: Vec<(Released, Recipient<Surrender>)>,
+    force: bool,
+    handover: Option<Handover>,
+) -> impl Future<Output = ()> {
+    let (hand, handed) = oneshot::channel::<Vec<Option<Surrendered>>>();
     let results = off_event_loop(move || {
-        let results = surrendered
+        // A walk the engine dropped (a shutdown) hands nothing: nothing to release here.
+        let surrendered = handed.blocking_recv().unwrap_or_default();
+        let outcomes = surrendered
             .into_iter()
             .map(|surrendered| {
                 let started = Instant::now();
-                let result = surrendered
-                    .flatten()
-                    .map_or(Ok(()), |surrendered| surrendered.release());
-                (result, started.elapsed())
+                let outcome = surrendered.map(Surrendered::release);
+                (outcome, started.elapsed())
             })
             .collect::<Vec<_>>();
         if let Some(handover) = handover {
             handover.write();
         }
-        results
-    })
-    .await;
-    let results = results.unwrap_or_else(|| {
-        (0..objects)
-            .map(|_| (Err(Error::ShuttingDown), Duration::ZERO))
-            .collect()
+        outcomes
+            .into_iter()
+            .map(|(outcome, took)| match outcome {
+                Some(outcome) => {
+                    outcome.log();
+                    (outcome.result, took)
+                }
+                None => (Ok(()), took),
+            })
+            .collect::<Vec<_>>()
     });
-    for ((released, _), (result, took)) in walk.into_iter().zip(results) {
-        released.told(result, took);
+    async move {
+        let surrendered =
+            join_all(walk.iter().map(|(_, addr)| addr.send(Surrender { force }))).await;
+        // A closed mailbox: the actor is gone, and its resource with it.
+        let _ = hand.send(surrendered.into_iter().map(|s| s.ok().flatten()).collect());
+        let results = results.await.unwrap_or_default();
+        let results = results.into_iter().chain(std::iter::repeat_with(|| {
+            (Err(Error::ShuttingDown), Duration::ZERO)
+        }));
+        for ((released, _), (result, took)) in walk.into_iter().zip(results) {
+            released.told(result, took);
+        }
     }
 }
 
@@ -787,16 +813,12 @@ impl Handler<Delete> for Registry {
                 Ok((view, removed))
             });
             let released = deleted.map(|(view, removed)| {
-                info!(
-                    id,
-                    kind = msg.kind.as_str(),
-                    objects = removed.len(),
-                    force,
-                    "deleting"
-                );
                 let (answer, answered) = Answer::new();
                 let handover = registry.hand_over_removal(&answer);
+                let objects = removed.len();
                 let released = registry.release(removed, force, handover);
+                // Once the walk is on its way: the line costs it a `write`.
+                info!(id, kind = msg.kind.as_str(), objects, force, "deleting");
                 actix_rt::spawn(async move {
                     let persist_us = released.await.as_micros() as u64;
                     // (Given already when the walk wrote the removal.)

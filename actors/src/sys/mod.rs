@@ -14,6 +14,7 @@ pub(crate) mod poll;
 pub(crate) mod proc;
 pub mod rbd;
 pub mod rlimit;
+pub(crate) mod sched;
 pub(crate) mod signal;
 pub(crate) mod tty;
 
