@@ -452,15 +452,15 @@ impl Engine {
         selector: Selector,
         force: bool,
     ) -> Result<View, Error> {
-        let deleted = self.registry.send(Delete {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.registry.do_send(Delete {
             kind,
             selector,
             force,
+            answer,
         });
         self.timed(kind, Operation::Delete, async move {
-            let (view, released) = deleted.await.map_err(mailbox_gone)??;
-            released.await.map_err(|_| Error::ShuttingDown)?;
-            Ok(view)
+            answered.await.map_err(|_| Error::ShuttingDown)?
         })
         .await
     }
