@@ -43,6 +43,120 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// A tmpfs of `size` on a temp dir of the test's own: unmounted, and the dir removed, on drop.
+struct SmallTmpfs(tempfile::TempDir);
+
+impl SmallTmpfs {
+    fn mount(size: &str) -> SmallTmpfs {
+        let dir = tempfile::Builder::new()
+            .prefix("imageapi-small-")
+            .tempdir()
+            .expect("temp dir");
+        run(Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "imageapi-small",
+            ])
+            .arg(dir.path()));
+        SmallTmpfs(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// Writes to `path` until its filesystem has no room left.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("filler file");
+    let chunk = vec![0u8; 4096];
+    while file.write_all(&chunk).is_ok() {}
+}
+
+#[test]
+fn a_create_whose_commit_cannot_be_stored_is_undone() {
+    // Declared first, so dropped after the service.
+    let state = SmallTmpfs::mount("1m");
+    let mut svc = Service::start_with(ServiceOptions {
+        keep_objects: true,
+        state_dir: Some(state.path().join("state")),
+        ..ServiceOptions::default()
+    });
+    let image = squashfs_image(svc.dir(), "full");
+    let mut answered = vec![svc.create("mount", &overlay(vec![squashfs_mount(&image)]))];
+
+    let filler = state.path().join("filler");
+    fill(&filler);
+    // A line or two may still fit in the journal's last page: create until one is refused.
+    let refused = (0..10)
+        .find_map(|_| {
+            let resp = svc.post("/mount", &overlay(vec![squashfs_mount(&image)]));
+            if resp.status == 201 {
+                answered.push(resp.json());
+                None
+            } else {
+                Some(resp)
+            }
+        })
+        .expect("a create is refused once the state dir is full");
+    let body = assert_error(&refused, 500);
+    assert!(
+        body["message"].as_str().unwrap().contains("state store"),
+        "{refused}"
+    );
+
+    // What the refused create made is undone: the service lists what it answered, and the
+    // kernel holds only that.
+    assert_lists_only(&svc, &answered);
+
+    // Once there is room again, writes go on (the next one a whole snapshot) and the store
+    // agrees with what was answered.
+    std::fs::remove_file(&filler).unwrap();
+    answered.push(svc.create("mount", &overlay(vec![squashfs_mount(&image)])));
+    svc.crash_and_restart(false);
+    assert_lists_only(&svc, &answered);
+}
+
+/// The service lists the overlays `answered` (with their squashfs mounts and attachments) and
+/// nothing else, and every mount under its mount dir is a listed one.
+fn assert_lists_only(svc: &Service, answered: &[Value]) {
+    let listed = svc.list("/mount");
+    let overlays: Vec<Value> = listed
+        .iter()
+        .filter(|mount| mount["kind"] == "overlay")
+        .cloned()
+        .collect();
+    assert_eq!(ids(&overlays), ids(answered), "{listed:?}");
+    assert_eq!(
+        listed.len(),
+        2 * answered.len(),
+        "an overlay and a squashfs each"
+    );
+    assert_eq!(
+        svc.list("/attach").len(),
+        answered.len(),
+        "one loop device each"
+    );
+    let mut listed_points: Vec<String> = listed.iter().map(mountpoint_of).collect();
+    listed_points.sort();
+    let mut mounted = mounts_under(&svc.mount_dir());
+    mounted.sort();
+    assert_eq!(
+        mounted, listed_points,
+        "mounted under the mount dir, and listed"
+    );
+}
+
 #[test]
 fn restart_adopts_loops_mounts_overlays_and_running_containers() {
     let mut svc = keeping();

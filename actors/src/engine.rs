@@ -279,7 +279,13 @@ impl Engine {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let task = async move {
             let started = Instant::now();
-            let txn = registry.send(Begin).await.map_err(mailbox_gone)??;
+            let txn = match registry.send(Begin).await.map_err(mailbox_gone) {
+                Ok(Ok(txn)) => txn,
+                Ok(Err(err)) | Err(err) => {
+                    let _ = answer.send(Err(err));
+                    return;
+                }
+            };
             let transaction = Transaction {
                 registry: registry.clone(),
                 txn,
@@ -287,27 +293,24 @@ impl Engine {
                 log_dir,
                 runtime,
             };
-            let built = build(&transaction).await;
-            match built {
+            match build(&transaction).await {
                 Ok(top) => {
                     let built_us = started.elapsed().as_micros() as u64;
-                    let committed = registry
-                        .send(Commit { txn, top: top.id })
-                        .await
-                        .map_err(mailbox_gone)?;
-                    let create_us = started.elapsed().as_micros() as u64;
-                    debug!(target: TIMING, id = top.id, built_us, create_us, "create done");
-                    committed
+                    debug!(target: TIMING, id = top.id, built_us, "create done");
+                    // Answered by the commit's write (the registry gone: dropped, which reads
+                    // as a shutdown).
+                    registry.do_send(Commit {
+                        txn,
+                        top: top.id,
+                        answer,
+                    });
                 }
                 Err(err) => {
                     warn!(error = %err, "create failed: rolling back");
                     let _ = registry.send(Abort(txn)).await;
-                    Err(err)
+                    let _ = answer.send(Err(err));
                 }
             }
-        };
-        let task = async move {
-            let _ = answer.send(task.await);
         };
         if !self.arbiter.spawn(task) {
             return Err(Error::ShuttingDown);

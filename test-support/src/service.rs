@@ -33,6 +33,8 @@ pub struct ServiceOptions {
     pub log_level: Option<&'static str>,
     /// More flags for every start (e.g. `--uri-cache-limit`).
     pub extra_args: Vec<OsString>,
+    /// The state dir; by default `state` in the service's temp dir.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A running `imageapi-server` with its own temp dir (socket, mount dir, log dir, images).
@@ -68,7 +70,10 @@ impl Service {
             &socket,
             &dir.join("mounts"),
             &dir.join("logs"),
-            &dir.join("state"),
+            &options
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| dir.join("state")),
         );
         let http = if options.http {
             let port = free_port();

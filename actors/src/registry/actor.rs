@@ -671,33 +671,123 @@ impl Handler<Ready> for Registry {
     }
 }
 
-/// Makes a transaction's objects visible; answers the top object's view.
+/// Where a create's answer goes: the top object's view, or why it was not made.
+pub type CreateAnswer = oneshot::Sender<Result<View, Error>>;
+
+/// Makes a transaction's objects visible and answers the top object's view on `answer` once
+/// they are in the store. The write runs on a blocking thread of its own, which answers
+/// directly (no hop back through the registry); should it fail, the create is undone (see
+/// [`UndoCommit`]).
 #[derive(Message)]
-#[rtype(result = "Result<View, Error>")]
+#[rtype(result = "()")]
 pub struct Commit {
     pub txn: TxnId,
     pub top: Id,
+    pub answer: CreateAnswer,
 }
 
 impl Handler<Commit> for Registry {
-    type Result = ResponseActFuture<Self, Result<View, Error>>;
-    fn handle(&mut self, msg: Commit, _: &mut Self::Context) -> Self::Result {
-        self.graph.commit(msg.txn);
-        let view = record::view(&self.graph, msg.top).ok_or_else(|| self.gone(msg.top));
-        let persisted = self.persist();
+    type Result = ();
+    fn handle(&mut self, msg: Commit, ctx: &mut Self::Context) -> Self::Result {
+        let Commit { txn, top, answer } = msg;
         let started = Instant::now();
-        Box::pin(persisted.into_actor(self).map(move |written, registry, _| {
-            let persist_us = started.elapsed().as_micros() as u64;
-            debug!(target: TIMING, id = msg.top, persist_us, "create committed");
-            if let Err(err) = written {
-                // Not on disk, so not made: undone as a failed create is.
-                if let Ok(removed) = registry.graph.delete(msg.top, true) {
-                    actix_rt::spawn(registry.release(removed, true, None));
-                }
-                return Err(err);
+        self.graph.commit(txn);
+        let view = match record::view(&self.graph, top) {
+            Some(view) => view,
+            None => {
+                let _ = answer.send(Err(self.gone(top)));
+                return;
             }
-            view
-        }))
+        };
+        let Some(store) = self.store.clone() else {
+            // Without a store nobody asks for the changes: do not let them pile up.
+            self.take_changed();
+            let _ = answer.send(Ok(view));
+            return;
+        };
+        let plan = store.plan();
+        let (ticket, serialized) = match self.changes(&store, plan) {
+            Ok(taken) => taken,
+            Err(err) => {
+                // The changes taken are not in the journal: the next write stores them all.
+                store.start_over();
+                warn!(error = %err, "state store write failed");
+                ctx.notify(UndoCommit {
+                    top,
+                    error: Error::Store(err),
+                    answer,
+                });
+                return;
+            }
+        };
+        let registry = ctx.address();
+        let mut turn = TicketTurn {
+            store,
+            ticket,
+            taken: false,
+        };
+        // Dropped unrun (a shutdown), the closure gives up its turn: see [`TicketTurn`].
+        actix_rt::task::spawn_blocking(move || {
+            turn.taken = true;
+            let written = turn.store.write(turn.ticket, plan, &serialized);
+            let persist_us = started.elapsed().as_micros() as u64;
+            match written {
+                Ok(()) => {
+                    let _ = answer.send(Ok(view));
+                    debug!(target: TIMING, id = top, persist_us, "create committed");
+                }
+                Err(err) => {
+                    warn!(error = %err, "state store write failed");
+                    registry.do_send(UndoCommit {
+                        top,
+                        error: Error::Store(err.to_string()),
+                        answer,
+                    });
+                }
+            }
+        });
+    }
+}
+
+/// A store write's turn, given up (abandoned, so that the writes after it go on and the next
+/// one stores the whole graph) unless the write was begun.
+struct TicketTurn {
+    store: Arc<Store>,
+    ticket: Ticket,
+    taken: bool,
+}
+
+impl Drop for TicketTurn {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.store.abandon(self.ticket);
+        }
+    }
+}
+
+/// A create whose commit could not be written: not on disk, so not made. Undone as a failed
+/// create is, and answered with the error once what it made is released.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct UndoCommit {
+    top: Id,
+    error: Error,
+    answer: CreateAnswer,
+}
+
+impl Handler<UndoCommit> for Registry {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: UndoCommit, _: &mut Self::Context) -> Self::Result {
+        let released = self
+            .graph
+            .delete(msg.top, true)
+            .map(|removed| self.release(removed, true, None));
+        Box::pin(async move {
+            if let Ok(released) = released {
+                released.await;
+            }
+            let _ = msg.answer.send(Err(msg.error));
+        })
     }
 }
 
