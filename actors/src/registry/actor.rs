@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,8 @@ pub struct Registry {
     writes: Option<mpsc::UnboundedSender<StoreWaiter>>,
     /// How many writes have been asked for: the number of the last [`StoreWaiter`].
     write_requests: u64,
+    /// Commits being written on a thread of their own (see [`Commit`]).
+    commits_writing: Arc<AtomicUsize>,
     shutting_down: bool,
     /// Where the object counts go at each [`Census`].
     metrics: Metrics,
@@ -124,6 +127,7 @@ impl Registry {
             store,
             writes: None,
             write_requests: 0,
+            commits_writing: Arc::default(),
             shutting_down: false,
             metrics,
             events,
@@ -371,7 +375,7 @@ fn start_walk(
     let (hand, handed) = oneshot::channel::<Vec<Option<Surrendered>>>();
     let results = off_event_loop(move || {
         // A walk the engine dropped (a shutdown) hands nothing: nothing to release here.
-        let surrendered = wait_for_hand(handed).unwrap_or_default();
+        let surrendered = handed.blocking_recv().unwrap_or_default();
         let outcomes = surrendered
             .into_iter()
             .map(|surrendered| {
@@ -405,27 +409,6 @@ fn start_walk(
         }));
         for ((released, _), (result, took)) in walk.into_iter().zip(results) {
             released.told(result, took);
-        }
-    }
-}
-
-/// How long a walk's thread waits for its hand without sleeping: about what the actors take to
-/// surrender (perf sched traces: the thread is often up 5-20 us before them). Going to sleep
-/// first costs one more wake-up, 15-20 us on this VM.
-const HAND_POLL: Duration = Duration::from_micros(100);
-
-/// Waits for what `handed` brings: first yielding the CPU to anything else runnable, for at
-/// most [`HAND_POLL`], then asleep. `None` when the sender went away.
-fn wait_for_hand<T>(mut handed: oneshot::Receiver<T>) -> Option<T> {
-    let polling_since = Instant::now();
-    loop {
-        match handed.try_recv() {
-            Ok(hand) => return Some(hand),
-            Err(oneshot::error::TryRecvError::Closed) => return None,
-            Err(oneshot::error::TryRecvError::Empty) if polling_since.elapsed() < HAND_POLL => {
-                std::thread::yield_now()
-            }
-            Err(oneshot::error::TryRecvError::Empty) => return handed.blocking_recv().ok(),
         }
     }
 }
@@ -675,9 +658,13 @@ impl Handler<Ready> for Registry {
 pub type CreateAnswer = oneshot::Sender<Result<View, Error>>;
 
 /// Makes a transaction's objects visible and answers the top object's view on `answer` once
-/// they are in the store. The write runs on a blocking thread of its own, which answers
-/// directly (no hop back through the registry); should it fail, the create is undone (see
-/// [`UndoCommit`]).
+/// they are in the store; should the write fail, the create is undone (see [`UndoCommit`]).
+///
+/// When no other commit is being written, the write runs on a blocking thread of its own, which
+/// answers directly (no hop back through the registry: the answer's latency). Otherwise the
+/// commit joins the store's batched writes: under load one write then covers many commits, and
+/// commits do not each hold a thread waiting for their turn (the load run's throughput and
+/// memory).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Commit {
@@ -705,6 +692,21 @@ impl Handler<Commit> for Registry {
             let _ = answer.send(Ok(view));
             return;
         };
+        let registry = ctx.address();
+        if self.commits_writing.load(Ordering::SeqCst) > 0 {
+            let persisted = self.persist();
+            actix_rt::spawn(async move {
+                match persisted.await {
+                    Ok(()) => {
+                        let _ = answer.send(Ok(view));
+                        let persist_us = started.elapsed().as_micros() as u64;
+                        debug!(target: TIMING, id = top, persist_us, "create committed");
+                    }
+                    Err(error) => registry.do_send(UndoCommit { top, error, answer }),
+                }
+            });
+            return;
+        }
         let plan = store.plan();
         let (ticket, serialized) = match self.changes(&store, plan) {
             Ok(taken) => taken,
@@ -720,11 +722,12 @@ impl Handler<Commit> for Registry {
                 return;
             }
         };
-        let registry = ctx.address();
+        self.commits_writing.fetch_add(1, Ordering::SeqCst);
         let mut turn = TicketTurn {
             store,
             ticket,
             taken: false,
+            writing: self.commits_writing.clone(),
         };
         // Dropped unrun (a shutdown), the closure gives up its turn: see [`TicketTurn`].
         actix_rt::task::spawn_blocking(move || {
@@ -749,12 +752,14 @@ impl Handler<Commit> for Registry {
     }
 }
 
-/// A store write's turn, given up (abandoned, so that the writes after it go on and the next
-/// one stores the whole graph) unless the write was begun.
+/// A commit's store write on a thread of its own: counted in `writing` until it is done, and its
+/// turn given up (abandoned, so that the writes after it go on and the next one stores the
+/// whole graph) unless the write was begun.
 struct TicketTurn {
     store: Arc<Store>,
     ticket: Ticket,
     taken: bool,
+    writing: Arc<AtomicUsize>,
 }
 
 impl Drop for TicketTurn {
@@ -762,6 +767,7 @@ impl Drop for TicketTurn {
         if !self.taken {
             self.store.abandon(self.ticket);
         }
+        self.writing.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
