@@ -31,10 +31,8 @@ fn init_pid_of(svc: &Service, name: &str) -> Option<i32> {
     // The init runs in its own pid namespace; on the host it is a process whose cgroup is the
     // container's. Its pid is found through the container's log line "started ... as pid N".
     let found = svc.get(&format!("/container?name={name}")).json();
-    let log = std::fs::read_to_string(found[0]["logfile"].as_str()?).ok()?;
-    log.lines()
-        .rev()
-        .find_map(|line| line.rsplit_once("as pid ")?.1.trim().parse().ok())
+    let pid = init_pid(Path::new(found[0]["logfile"].as_str()?));
+    i32::try_from(pid).ok()
 }
 
 fn alive(pid: i32) -> bool {
@@ -123,6 +121,43 @@ fn a_create_whose_commit_cannot_be_stored_is_undone() {
     // agrees with what was answered.
     std::fs::remove_file(&filler).unwrap();
     answered.push(svc.create("mount", &overlay(vec![squashfs_mount(&image)])));
+    svc.crash_and_restart(false);
+    assert_lists_only(&svc, &answered);
+}
+
+#[test]
+fn creates_answered_at_the_same_time_are_all_stored() {
+    // Concurrent commits: the first is written on a thread of its own, those that come while it
+    // is join the store's batched writes. Every answered one must survive a SIGKILL.
+    let mut svc = keeping();
+    let image = squashfs_image(svc.dir(), "together");
+    let body = overlay(vec![squashfs_mount(&image)]).to_string();
+    let socket = svc.dir().join("api.sock");
+    let answered: Vec<Value> = thread::scope(|scope| {
+        let creators: Vec<_> = (0..12)
+            .map(|_| {
+                let (socket, body) = (socket.clone(), &body);
+                scope.spawn(move || {
+                    http_request(
+                        &Transport::Unix(socket),
+                        "POST",
+                        "/imageapi/v1/mount",
+                        Some("application/json"),
+                        Some(body.as_bytes()),
+                    )
+                })
+            })
+            .collect();
+        creators
+            .into_iter()
+            .map(|creator| {
+                let resp = creator.join().expect("creator thread");
+                assert_eq!(resp.status, 201, "{resp}");
+                resp.json()
+            })
+            .collect()
+    });
+    assert_lists_only(&svc, &answered);
     svc.crash_and_restart(false);
     assert_lists_only(&svc, &answered);
 }

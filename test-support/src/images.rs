@@ -209,11 +209,21 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> (bool, String) 
     }
 }
 
-/// A container's init pid, from the service's `started ... as pid N` line in its log.
+/// A container's init pid, from the service's `started ... as pid N` line in its log. The line
+/// is written beside the create's answer, not before it: waits for it up to 5 s.
 pub fn init_pid(log: &Path) -> u32 {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .find_map(|line| line.split_once("] as pid ").map(|(_, pid)| pid))
-        .and_then(|pid| pid.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no init pid in the log:\n{text}"))
+    let read = || {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        let pid = text
+            .lines()
+            .find_map(|line| line.split_once("] as pid ").map(|(_, pid)| pid))
+            .and_then(|pid| pid.trim().parse().ok());
+        (pid, text)
+    };
+    let mut found = None;
+    crate::wait_for(Duration::from_secs(5), || {
+        found = read().0;
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("no init pid in the log:\n{}", read().1))
 }
