@@ -131,21 +131,12 @@ fn creates_answered_at_the_same_time_are_all_stored() {
     // is join the store's batched writes. Every answered one must survive a SIGKILL.
     let mut svc = keeping();
     let image = squashfs_image(svc.dir(), "together");
-    let body = overlay(vec![squashfs_mount(&image)]).to_string();
-    let socket = svc.dir().join("api.sock");
+    let body = overlay(vec![squashfs_mount(&image)]);
     let answered: Vec<Value> = thread::scope(|scope| {
         let creators: Vec<_> = (0..12)
             .map(|_| {
-                let (socket, body) = (socket.clone(), &body);
-                scope.spawn(move || {
-                    http_request(
-                        &Transport::Unix(socket),
-                        "POST",
-                        "/imageapi/v1/mount",
-                        Some("application/json"),
-                        Some(body.as_bytes()),
-                    )
-                })
+                let (svc, body) = (&svc, &body);
+                scope.spawn(move || svc.post("/mount", body))
             })
             .collect();
         creators
