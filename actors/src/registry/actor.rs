@@ -178,12 +178,17 @@ impl Registry {
 
     /// Serializes what the store must write for `plan`: the whole graph, or the nodes changed
     /// since the last write (with their facts) as one journal line; with its place in the
-    /// store's order.
+    /// store's order. When that fails, the changes taken are in no batch: the store's next
+    /// write is a whole snapshot.
     fn changes(&mut self, store: &Store, plan: Plan) -> Result<(Ticket, Vec<u8>), String> {
         let changed = self.take_changed();
-        let serialized = store::serialize(plan, &self.instance, &self.graph, &changed)
-            .map_err(|err| err.to_string())?;
-        Ok((store.ticket(), serialized))
+        match store::serialize(plan, &self.instance, &self.graph, &changed) {
+            Ok(serialized) => Ok((store.ticket(), serialized)),
+            Err(err) => {
+                store.start_over();
+                Err(err.to_string())
+            }
+        }
     }
 
     /// Takes the removal just made out of the graph as a journal line, parked in the store for
@@ -207,9 +212,8 @@ impl Registry {
                 })
             }
             Err(err) => {
-                warn!(error = %err, "state store write failed");
                 // The changes taken are written by the next write, as a whole snapshot.
-                store.start_over();
+                warn!(error = %err, "state store write failed");
                 None
             }
         }
@@ -518,11 +522,8 @@ impl Actor for Registry {
                                 }
                             }
                         }
-                        Ok(Err(err)) => {
-                            // The changes taken are not in the journal: write them all anew.
-                            store.start_over();
-                            Err(err)
-                        }
+                        // (The next write stores the whole graph: see `changes`.)
+                        Ok(Err(err)) => Err(err),
                         Err(_) => Err("the registry is gone".to_string()),
                     };
                     if let Err(err) = &saved {
@@ -686,33 +687,30 @@ impl Handler<Commit> for Registry {
                 return;
             }
         };
-        let Some(store) = self.store.clone() else {
-            // Without a store nobody asks for the changes: do not let them pile up.
-            self.take_changed();
-            let _ = answer.send(Ok(view));
-            return;
-        };
         let registry = ctx.address();
-        if self.commits_writing.load(Ordering::SeqCst) > 0 {
-            let persisted = self.persist();
-            actix_rt::spawn(async move {
-                match persisted.await {
-                    Ok(()) => {
-                        let _ = answer.send(Ok(view));
-                        let persist_us = started.elapsed().as_micros() as u64;
-                        debug!(target: TIMING, id = top, persist_us, "create committed");
+        let store = match self.store.clone() {
+            Some(store) if self.commits_writing.load(Ordering::SeqCst) == 0 => store,
+            // Another commit being written, or no store at all (answered at once).
+            _ => {
+                let persisted = self.persist();
+                actix_rt::spawn(async move {
+                    match persisted.await {
+                        Ok(()) => {
+                            let _ = answer.send(Ok(view));
+                            let persist_us = started.elapsed().as_micros() as u64;
+                            debug!(target: TIMING, id = top, persist_us, "create committed");
+                        }
+                        Err(error) => registry.do_send(UndoCommit { top, error, answer }),
                     }
-                    Err(error) => registry.do_send(UndoCommit { top, error, answer }),
-                }
-            });
-            return;
-        }
+                });
+                return;
+            }
+        };
         let plan = store.plan();
         let (ticket, serialized) = match self.changes(&store, plan) {
             Ok(taken) => taken,
             Err(err) => {
-                // The changes taken are not in the journal: the next write stores them all.
-                store.start_over();
+                // The next write stores the changes taken: see `changes`.
                 warn!(error = %err, "state store write failed");
                 ctx.notify(UndoCommit {
                     top,
